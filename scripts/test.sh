@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Install losskit with its dev extras (torch pinned to the CPU build) and run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  python3 -m venv .venv
+  . .venv/bin/activate
+fi
+python -m pip install -q --upgrade pip >/dev/null
+python -m pip install -q -c constraints.txt -e '.[dev]'
+ruff check src tests
+python -m pytest -n 2 "$@"

@@ -1,0 +1,5 @@
+"""Language losses (being built)."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,5 @@
+"""Multitask losses (being built)."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

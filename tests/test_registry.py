@@ -1,0 +1,72 @@
+"""Registry, build(), weighted sums, the functional namespace and the README catalog."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+
+import losskit
+import losskit.functional as LF
+from losskit import LossTypeError, LossValueError
+from losskit.registry import CATALOG_END, CATALOG_START, catalog_markdown, get_spec
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_catalog_is_current():
+    text = README.read_text(encoding="utf-8")
+    table = text.split(CATALOG_START, 1)[1].split(CATALOG_END, 1)[0].strip()
+    assert table == catalog_markdown(), "README catalog is stale: run `losskit catalog --write README.md`"
+
+
+def test_every_registered_loss_builds_with_defaults_and_has_functional():
+    for name in losskit.available():
+        spec = get_spec(name)
+        module = losskit.build(name) if spec.family != "multitask" or name == "multitask" else None
+        if module is not None:
+            assert isinstance(module, torch.nn.Module)
+        if spec.functional is not None and spec.functional.__module__.startswith("losskit"):
+            assert getattr(LF, spec.functional.__name__) is spec.functional
+
+
+def test_functional_namespace_only_functions():
+    assert LF.__all__
+    for name in LF.__all__:
+        assert inspect.isfunction(getattr(LF, name))
+
+
+def test_build_forms():
+    m = losskit.build({"name": "huber", "delta": 0.5})
+    assert isinstance(m, losskit.HuberLoss) and m.delta == 0.5
+    ws = losskit.build([{"name": "huber", "weight": 2.0}, {"name": "smooth_l1", "beta": 0.5, "weight": 0.25}])
+    x, y = torch.randn(5), torch.randn(5)
+    expected = 2.0 * losskit.functional.huber_loss(x, y) + 0.25 * losskit.functional.smooth_l1_loss(x, y, 0.5)
+    torch.testing.assert_close(ws(x, y), expected)
+    assert set(ws.last_terms) == {"huber", "smooth_l1"}
+    assert not ws.last_terms["huber"].requires_grad
+
+
+def test_build_errors():
+    with pytest.raises(LossValueError, match=r"unknown loss 'hubr'; did you mean 'huber'"):
+        losskit.build("hubr")
+    with pytest.raises(LossValueError, match="needs a 'name' key"):
+        losskit.build({"delta": 1.0})
+    with pytest.raises(LossTypeError, match="item 0 of the loss list must be a mapping"):
+        losskit.build(["huber"])
+    with pytest.raises(LossTypeError, match="weight must be a number"):
+        losskit.build([{"name": "huber", "weight": "x"}])
+    with pytest.raises(LossValueError, match="only meaningful inside a list"):
+        losskit.build({"name": "huber", "weight": 2.0})
+    with pytest.raises(LossTypeError, match="build\\(\\) takes a name"):
+        losskit.build(3)
+
+
+def test_seed_004_torch_losses_buildable():
+    for name in ("mse", "l1", "bce", "bce_with_logits", "kl_div", "hinge_embedding", "smooth_l1", "triplet_margin"):
+        assert name in losskit.available()
+    assert isinstance(losskit.build("mse"), torch.nn.MSELoss)
+    x, y = torch.randn(4, 3), torch.randn(4, 3)
+    torch.testing.assert_close(losskit.build("mse")(x, y), ((x - y) ** 2).mean())
