@@ -48,6 +48,8 @@ softmax (and entry 0 of ``weight``).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -130,7 +132,7 @@ def _dense_target(input: torch.Tensor, target: torch.Tensor, dtype: torch.dtype)
         raise LossTypeError(f"target must be real, got dtype {target.dtype}")
     g = target.to(dtype)
     if value_checks_enabled() and g.numel() > 0:
-        lo, hi = float(g.min()), float(g.max())
+        lo, hi = float(g.detach().min()), float(g.detach().max())
         if not (lo >= 0.0 and hi <= 1.0):
             raise LossValueError(f"target must have values in [0, 1], got range [{lo:g}, {hi:g}]")
     return g
@@ -176,7 +178,7 @@ def _overlap_stats(
         p = torch.softmax(x, dim=1) if mode == "multiclass" else torch.sigmoid(x)
     else:
         if value_checks_enabled() and x.numel() > 0:
-            lo, hi = float(x.min()), float(x.max())
+            lo, hi = float(x.detach().min()), float(x.detach().max())
             if not (lo >= 0.0 and hi <= 1.0):
                 raise LossValueError(
                     f"input must hold probabilities in [0, 1] when from_logits=False, got range "
@@ -208,13 +210,14 @@ def _overlap_stats(
             t = target if valid is None else torch.where(valid, target, torch.zeros_like(target))
             if valid is not None:
                 p = p * valid.unsqueeze(1).to(dtype)
-            flat_p = p.reshape(n, num_classes, -1)
-            flat_t = t.reshape(n, 1, -1).long()
+            size = math.prod(input.shape[2:])
+            flat_p = p.reshape(n, num_classes, size)
+            flat_t = t.reshape(n, 1, size).long()
             p_true = flat_p.gather(1, flat_t).squeeze(1)
             idx = flat_t.squeeze(1)
             zeros = flat_p.new_zeros(n, num_classes)
             tp = zeros.scatter_add(1, idx, p_true)
-            ones = (torch.ones_like(p_true) if valid is None else valid.reshape(n, -1).to(dtype)).detach()
+            ones = (torch.ones_like(p_true) if valid is None else valid.reshape(n, size).to(dtype)).detach()
             gsum = zeros.detach().scatter_add(1, idx, ones)
             psum = _power_sum(flat_p, squared, (2,))
     else:
@@ -426,7 +429,7 @@ def jaccard_loss(
         = 1 - \frac{TP + s}{\sum p + \sum g - TP + s}
 
     Same arguments and conventions as :func:`dice_loss` (the soft-label L1 form, empty masks,
-    ``ignore_index``). ``jaccard = dice / (2 - dice)`` for ``smooth = 0``. This is the smp
+    ``ignore_index``). For ``smooth = 0`` the indices satisfy ``J = D / (2 - D)``. This is the smp
     convention for ``smooth``; MONAI's ``DiceLoss(jaccard=True)`` is the same with ``smooth / 2``.
 
     Example:
