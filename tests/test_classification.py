@@ -694,3 +694,478 @@ def test_known_values_small():
         LF.focal_loss(x, torch.tensor([0]), 0.5, 1.0),
         torch.tensor(-0.5 * 0.75 * math.log(0.25), dtype=torch.float64),
     )
+
+
+# ================================================================ PolyLoss, ASL, multi-class hinge, class weights
+
+
+def ref_poly1(x, y, epsilon=1.0, weight=None, ignore_index=-100, reduction="mean", eps=0.0):
+    """sum_c q_c w_c (-log p_c + epsilon (1 - p_c)) per row; mean over sum of w_y (indices) or rows."""
+    C = x.shape[1]
+    xr, yr, prob = _rows(x, y)
+    vals, num, den = [], x.new_zeros(()), 0.0
+    for i in range(xr.shape[0]):
+        if not prob and int(yr[i]) == ignore_index:
+            vals.append(x.new_zeros(()))
+            continue
+        logp = _log_softmax_row(xr[i])
+        loss = x.new_zeros(())
+        for c in range(C):
+            if prob:
+                q = yr[i, c] * (1 - eps) + eps / C
+            else:
+                q = (1 - eps) * (1.0 if c == int(yr[i]) else 0.0) + eps / C
+            w = 1.0 if weight is None else float(weight[c])
+            loss = loss + q * w * (-logp[c] + epsilon * (1 - torch.exp(logp[c])))
+        vals.append(loss)
+        num = num + loss
+        den += 1.0 if (prob or weight is None) else float(weight[int(yr[i])])
+    shape = y.shape[:1] + y.shape[2:] if prob else y.shape
+    return _finish(vals, num, den, shape, reduction, x)
+
+
+def ref_asymmetric(x, t, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, reduction="mean", weight=None, mask=None):
+    """ASL element by element from the paper: shifted probability p_m = max(p - clip, 0) for negatives."""
+    xf, tf = x.reshape(-1), t.reshape(-1)
+    wf = None if weight is None else weight.expand_as(x).reshape(-1)
+    mf = None if mask is None else mask.expand_as(x).reshape(-1)
+    vals, num, den = [], x.new_zeros(()), 0.0
+    for i in range(xf.numel()):
+        p = 1.0 / (1.0 + torch.exp(-xf[i]))
+        pos = -((1 - p) ** gamma_pos if gamma_pos else 1.0) * torch.log(p)
+        if float(p.detach()) > clip:
+            pm = p - clip
+            neg = -((pm**gamma_neg) if gamma_neg else 1.0) * torch.log(1 - pm)
+        else:  # p_m = 0: the negative term vanishes
+            neg = p * 0.0
+        loss = tf[i] * pos + (1 - tf[i]) * neg
+        w = 1.0 if wf is None else float(wf[i])
+        if mf is not None and not bool(mf[i]):
+            loss, w = loss * 0.0, 0.0
+        vals.append(loss * w)
+        num = num + loss * w
+        den += w
+    return _finish(vals, num, den, x.shape, reduction, x)
+
+
+def ref_multiclass_hinge(x, y, p=1, margin=1.0, weight=None, ignore_index=-100, reduction="mean", mode="sum"):
+    C = x.shape[1]
+    xr, yr, _ = _rows(x, y)
+    vals, num, den = [], x.new_zeros(()), 0.0
+    for i in range(xr.shape[0]):
+        yi = int(yr[i])
+        if yi == ignore_index:
+            vals.append(x.new_zeros(()))
+            continue
+        terms = []
+        for j in range(C):
+            if j == yi:
+                continue
+            h = margin - xr[i, yi] + xr[i, j]
+            h = h if float(h.detach()) > 0 else h * 0.0
+            terms.append(h**p)
+        loss = max(terms, key=lambda v: float(v.detach())) if mode == "crammer_singer" else sum(terms) / C
+        w = 1.0 if weight is None else float(weight[yi])
+        vals.append(loss * w)
+        num = num + loss * w
+        den += w
+    return _finish(vals, num, den, y.shape, reduction, x)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("spatial", [False, True])
+def test_poly1_matches_reference(reduction, spatial):
+    shape = (3, 4, 3) if spatial else (7, 4)
+    x, y, w, _ = _cls_data(shape, seed=20)
+    for epsilon, weight, eps in ((1.0, None, 0.0), (2.0, w, 0.0), (-0.5, w, 0.2)):
+        assert_matches_reference(
+            lambda a, epsilon=epsilon, weight=weight, eps=eps: LF.poly1_cross_entropy_loss(
+                a, y, epsilon, weight, reduction=reduction, label_smoothing=eps
+            ),
+            lambda a, epsilon=epsilon, weight=weight, eps=eps: ref_poly1(
+                a, y, epsilon, None if weight is None else weight.double(), reduction=reduction, eps=eps
+            ),
+            (x,),
+        )
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_poly1_probability_targets_and_paper_form(reduction):
+    x, y, w, probs = _cls_data((5, 3), seed=21, ignore=False)
+    assert_matches_reference(
+        lambda a, q: LF.poly1_cross_entropy_loss(a, q, 1.5, w, reduction=reduction, label_smoothing=0.1),
+        lambda a, q: ref_poly1(a, q, 1.5, w.double(), reduction=reduction, eps=0.1),
+        (x, probs),
+        (0, 1),
+    )
+    # paper's form without class weights: CE(label-smoothed) + epsilon (1 - sum_c q_c p_c)
+    eps, epsilon = 0.1, 2.0
+    q = F.one_hot(y, 3).float() * (1 - eps) + eps / 3
+    pt = (q * torch.softmax(x, 1)).sum(1)
+    ce = F.cross_entropy(x, y, reduction="none", label_smoothing=eps)
+    expected = ce + epsilon * (1 - pt)
+    expected = {"none": expected, "mean": expected.mean(), "sum": expected.sum()}[reduction]
+    torch.testing.assert_close(
+        LF.poly1_cross_entropy_loss(x, y, epsilon, reduction=reduction, label_smoothing=eps), expected
+    )
+    # epsilon = 0 is cross-entropy
+    torch.testing.assert_close(
+        LF.poly1_cross_entropy_loss(x, y, 0.0, w, reduction=reduction),
+        F.cross_entropy(x, y, weight=w, reduction=reduction),
+    )
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_asymmetric_matches_reference(reduction):
+    x, t, w, m = _bin_data((5, 4), seed=22)
+    for kw in ({}, {"gamma_neg": 2.0, "gamma_pos": 1.0, "clip": 0.0}, {"gamma_neg": 0.5, "clip": 0.2}):
+        for target in (t, t * 0.7 + 0.2):
+            assert_matches_reference(
+                lambda a, b, kw=kw: LF.asymmetric_loss(a, b, reduction=reduction, **kw),
+                lambda a, b, kw=kw: ref_asymmetric(a, b, reduction=reduction, **kw),
+                (x, target),
+                (0, 1),
+            )
+    assert_matches_reference(
+        lambda a: LF.asymmetric_loss(a, t, reduction=reduction, weight=w, mask=m),
+        lambda a: ref_asymmetric(a, t, reduction=reduction, weight=w.double(), mask=m),
+        (x,),
+    )
+
+
+def test_asymmetric_matches_reference_implementation_formula_and_limits():
+    x, t, _, _ = _bin_data((6, 5), seed=23)
+    # the ASL authors' formulation, re-typed (eps clamps inactive at these logits)
+    gn, gp, clip, eps = 4.0, 1.0, 0.05, 1e-8
+    xs_pos = torch.sigmoid(x)
+    xs_neg = (1 - xs_pos + clip).clamp(max=1)
+    los = t * torch.log(xs_pos.clamp(min=eps)) + (1 - t) * torch.log(xs_neg.clamp(min=eps))
+    pt = xs_pos * t + xs_neg * (1 - t)
+    expected = -(los * torch.pow(1 - pt, gp * t + gn * (1 - t))).sum()
+    torch.testing.assert_close(LF.asymmetric_loss(x, t, gn, gp, clip, "sum"), expected)
+    # clip = 0 and equal gammas: sigmoid focal without alpha; all zero: BCE-with-logits
+    torch.testing.assert_close(
+        LF.asymmetric_loss(x, t, 2.0, 2.0, 0.0, "none"), LF.sigmoid_focal_loss(x, t, -1.0, 2.0, "none")
+    )
+    soft = t * 0.6 + 0.2
+    torch.testing.assert_close(
+        LF.asymmetric_loss(x, soft, 0.0, 0.0, 0.0, "mean"), F.binary_cross_entropy_with_logits(x, soft)
+    )
+    # probability shifting: negatives with p < clip contribute exactly nothing
+    easy = torch.tensor([-5.0, -4.0])
+    assert float(LF.asymmetric_loss(easy, torch.zeros(2), clip=0.05, reduction="sum")) == 0.0
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("mode", ["sum", "crammer_singer"])
+def test_multiclass_hinge_matches_reference(reduction, mode):
+    x, y, w, _ = _cls_data((7, 4), seed=24)
+    xs, ys, _, _ = _cls_data((2, 4, 3), seed=25)
+    for p, margin, weight in ((1, 1.0, None), (2, 0.5, w)):
+        for a_, b_ in ((x, y), (xs, ys)):
+            assert_matches_reference(
+                lambda a, b_=b_, p=p, margin=margin, weight=weight: LF.multiclass_hinge_loss(
+                    a, b_, p, margin, weight, reduction=reduction, mode=mode
+                ),
+                lambda a, b_=b_, p=p, margin=margin, weight=weight: ref_multiclass_hinge(
+                    a,
+                    b_,
+                    p,
+                    margin,
+                    None if weight is None else weight.double(),
+                    reduction=reduction,
+                    mode=mode,
+                ),
+                (a_,),
+            )
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_multiclass_hinge_equals_torch_multi_margin(reduction):
+    x, y, w, _ = _cls_data((8, 5), seed=26, ignore=False)
+    for p, margin in ((1, 1.0), (2, 0.3)):
+        torch.testing.assert_close(
+            LF.multiclass_hinge_loss(x, y, p, margin, reduction=reduction),
+            F.multi_margin_loss(x, y, p=p, margin=margin, reduction=reduction),
+        )
+        if reduction != "mean":
+            torch.testing.assert_close(
+                LF.multiclass_hinge_loss(x, y, p, margin, w, reduction=reduction),
+                F.multi_margin_loss(x, y, p=p, margin=margin, weight=w, reduction=reduction),
+            )
+    # weighted mean: torch divides by N, we divide by sum of w_y
+    ours = LF.multiclass_hinge_loss(x, y, weight=w)
+    torch.testing.assert_close(ours * w[y].sum(), F.multi_margin_loss(x, y, weight=w, reduction="sum"))
+
+
+def test_more_gradchecks():
+    x, y, w, probs = _cls_data((4, 3, 2), seed=27)
+    assert_gradcheck(lambda a: LF.poly1_cross_entropy_loss(a, y, 2.0, w.double(), label_smoothing=0.1), (x,))
+    assert_gradcheck(lambda a, q: LF.poly1_cross_entropy_loss(a, q), (x, probs), (0, 1))
+    assert_gradcheck(lambda a: LF.multiclass_hinge_loss(a, y, 2, 0.7, w.double()), (x,))
+    assert_gradcheck(lambda a: LF.multiclass_hinge_loss(a, y, 1, 1.0, mode="crammer_singer"), (x,))
+    xb, tb, wb, mb = _bin_data((3, 4), seed=28)
+    for kw in ({}, {"gamma_pos": 0.5, "gamma_neg": 2.0, "clip": 0.0}):
+        assert_gradcheck(
+            lambda a, b, kw=kw: LF.asymmetric_loss(a, b, weight=wb.double(), mask=mb, **kw),
+            (xb, tb * 0.8 + 0.1),
+            (0, 1),
+        )
+
+
+@pytest.mark.parametrize("gamma", [0.25, 0.5])
+def test_asymmetric_finite_gradients_at_saturation(gamma):
+    # (1 - p) -> 0 for saturated positives, p_m -> 0 for negatives just above the clip
+    x = torch.tensor([200.0, 40.0, -200.0, math.log(0.0500001 / 0.9499999), 3.0], requires_grad=True)
+    t = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0])
+    for clip in (0.0, 0.05):
+        loss = LF.asymmetric_loss(x, t, gamma, gamma, clip, "sum")
+        assert_finite_with_grads(loss, x)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 5), st.integers(2, 5), st.floats(-1.0, 3.0), st.data())
+def test_properties_poly_hinge(n, c, epsilon, data):
+    x = torch.tensor(data.draw(st.lists(logit, min_size=n * c, max_size=n * c)), dtype=torch.float64)
+    x = x.reshape(n, c)
+    y = torch.tensor(data.draw(st.lists(st.integers(0, c - 1), min_size=n, max_size=n)))
+    w = torch.tensor(data.draw(st.lists(st.floats(0.1, 3.0), min_size=c, max_size=c)), dtype=torch.float64)
+    for fn, kw in (
+        (LF.poly1_cross_entropy_loss, {"epsilon": epsilon, "weight": w}),
+        (LF.multiclass_hinge_loss, {"p": 2, "weight": w}),
+        (LF.multiclass_hinge_loss, {"mode": "crammer_singer", "weight": w}),
+    ):
+        none = fn(x, y, reduction="none", **kw)
+        assert (none >= -1e-12).all()
+        torch.testing.assert_close(fn(x, y, reduction="sum", **kw), none.sum())
+        torch.testing.assert_close(fn(x, y, reduction="mean", **kw) * w[y].sum(), none.sum())
+    # Crammer-Singer (max) <= C * torch's (sum / C)
+    cs = LF.multiclass_hinge_loss(x, y, reduction="none", mode="crammer_singer")
+    ww = LF.multiclass_hinge_loss(x, y, reduction="none")
+    assert (cs <= c * ww + 1e-12).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(st.tuples(logit, st.sampled_from([0.0, 1.0])), min_size=1, max_size=12),
+    st.floats(0.0, 5.0),
+    st.floats(0.0, 0.3),
+)
+def test_properties_asymmetric(pairs, gamma_neg, clip):
+    x = torch.tensor([p[0] for p in pairs], dtype=torch.float64)
+    t = torch.tensor([p[1] for p in pairs], dtype=torch.float64)
+    none = LF.asymmetric_loss(x, t, gamma_neg, 0.0, clip, "none")
+    assert (none >= -1e-12).all()
+    torch.testing.assert_close(LF.asymmetric_loss(x, t, gamma_neg, 0.0, clip, "sum"), none.sum())
+    torch.testing.assert_close(LF.asymmetric_loss(x, t, gamma_neg, 0.0, clip, "mean") * x.numel(), none.sum())
+    # more focusing or more shifting never increases a negative's loss
+    assert (LF.asymmetric_loss(x, t, gamma_neg + 1, 0.0, clip, "none") <= none + 1e-12).all()
+    assert (LF.asymmetric_loss(x, t, gamma_neg, 0.0, clip + 0.1, "none") <= none + 1e-12).all()
+
+
+MORE_MULTICLASS = {
+    "poly1": lambda a, y, **kw: LF.poly1_cross_entropy_loss(a, y, **kw),
+    "hinge": lambda a, y, **kw: LF.multiclass_hinge_loss(
+        a, y, **{k: v for k, v in kw.items() if k != "label_smoothing"}
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(MORE_MULTICLASS))
+def test_more_multiclass_empty_and_all_ignored(name):
+    fn = MORE_MULTICLASS[name]
+    w = torch.rand(4) + 0.1
+    x = torch.zeros(0, 4, requires_grad=True)
+    y = torch.zeros(0, dtype=torch.long)
+    for kw in ({}, {"weight": w}, {"label_smoothing": 0.1}):
+        assert_connected_zero(fn(x, y, **kw), x)
+        assert fn(x, y, reduction="none", **kw).shape == (0,)
+    x2 = torch.randn(3, 4, 2, requires_grad=True)
+    y2 = torch.full((3, 2), -100)
+    for kw in ({}, {"weight": w}, {"label_smoothing": 0.2, "weight": w}):
+        assert_connected_zero(fn(x2, y2, **kw), x2)
+
+
+def test_asymmetric_empty_and_all_masked():
+    x = torch.zeros(0, 3, requires_grad=True)
+    assert_connected_zero(LF.asymmetric_loss(x, torch.zeros(0, 3)), x)
+    x2 = torch.randn(4, 3, requires_grad=True)
+    assert_connected_zero(
+        LF.asymmetric_loss(x2, torch.zeros(4, 3), mask=torch.zeros(4, 3, dtype=torch.bool)), x2
+    )
+    assert_finite_with_grads(LF.asymmetric_loss(x2, torch.zeros(4, 3)), x2)  # no positives
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_more_low_precision_extremes(dtype):
+    x = extreme_logits((6, 5, 2), dtype).requires_grad_(True)
+    y = torch.randint(0, 5, (6, 2), generator=torch.Generator().manual_seed(0))
+    w = torch.rand(5) + 0.1
+    for loss in (
+        LF.poly1_cross_entropy_loss(x, y, 1.0, w, label_smoothing=0.1),
+        LF.multiclass_hinge_loss(x, y, 2, 1.0, w),
+        LF.multiclass_hinge_loss(x, y, 1, 1.0, mode="crammer_singer"),
+    ):
+        assert loss.dtype == torch.float32
+        assert_finite_with_grads(loss, x)
+    xb = extreme_logits((8, 3), dtype).requires_grad_(True)
+    tb = (torch.rand(8, 3, generator=torch.Generator().manual_seed(1)) > 0.5).to(dtype)
+    for kw in ({}, {"gamma_pos": 0.5, "gamma_neg": 0.5, "clip": 0.0}):
+        loss = LF.asymmetric_loss(xb, tb, **kw)
+        assert loss.dtype == torch.float32
+        assert_finite_with_grads(loss, xb)
+
+
+def test_more_bad_inputs():
+    x = torch.randn(4, 3)
+    y = torch.tensor([0, 1, 2, 1])
+    with pytest.raises(LossValueError, match=r"epsilon must be >= -1.0, got -2"):
+        LF.poly1_cross_entropy_loss(x, y, epsilon=-2)
+    with pytest.raises(LossValueError, match=r"target contains class index 5, expected values in \[0, 3\)"):
+        LF.poly1_cross_entropy_loss(x, torch.tensor([0, 5, 1, 1]))
+    with pytest.raises(LossValueError, match=r"label_smoothing must be <= 1.0"):
+        LF.poly1_cross_entropy_loss(x, y, label_smoothing=3.0)
+    with pytest.raises(LossValueError, match=r"weight has shape \(4,\), expected \(3,\)"):
+        losskit.Poly1CrossEntropyLoss(weight=torch.ones(4))(x, y)
+    with pytest.raises(LossValueError, match="p must be one of 1, 2, got 3"):
+        LF.multiclass_hinge_loss(x, y, p=3)
+    with pytest.raises(LossValueError, match="mode must be one of 'sum', 'crammer_singer', got 'max'"):
+        LF.multiclass_hinge_loss(x, y, mode="max")
+    with pytest.raises(LossValueError, match=r"margin must be >= 0.0, got -1"):
+        losskit.MulticlassHingeLoss(margin=-1)
+    with pytest.raises(LossValueError, match="needs class-index targets"):
+        LF.multiclass_hinge_loss(x, torch.softmax(x, 1))
+    with pytest.raises(LossValueError, match=r"target contains class index 3, expected values in \[0, 3\)"):
+        LF.multiclass_hinge_loss(x, torch.tensor([0, 3, 1, 1]))
+    with pytest.raises(LossValueError, match=r"clip must be < 1.0, got 1.0"):
+        LF.asymmetric_loss(x, torch.zeros(4, 3), clip=1.0)
+    with pytest.raises(LossValueError, match=r"gamma_neg must be >= 0.0, got -4"):
+        losskit.AsymmetricLoss(gamma_neg=-4)
+    with pytest.raises(LossValueError, match=r"target has shape \(4,\), expected \(4, 3\) to match input"):
+        LF.asymmetric_loss(x, torch.zeros(4))
+    with pytest.raises(LossTypeError, match="target must be a floating-point \\(or bool\\) tensor"):
+        LF.asymmetric_loss(x, torch.zeros(4, 3, dtype=torch.long))
+
+
+def _more_module_cases():
+    x, y, w, _ = _cls_data((6, 4), seed=30)
+    xb, tb, _, mb = _bin_data((5, 4), seed=30)
+    return [
+        (
+            losskit.Poly1CrossEntropyLoss(2.0, w, label_smoothing=0.1),
+            LF.poly1_cross_entropy_loss(x, y, 2.0, w, label_smoothing=0.1),
+            (x, y),
+            {},
+        ),
+        (
+            losskit.MulticlassHingeLoss(2, 0.5, w, mode="crammer_singer"),
+            LF.multiclass_hinge_loss(x, y, 2, 0.5, w, mode="crammer_singer"),
+            (x, y),
+            {},
+        ),
+        (
+            losskit.AsymmetricLoss(3.0, 1.0, 0.1),
+            LF.asymmetric_loss(xb, tb, 3.0, 1.0, 0.1, mask=mb),
+            (xb, tb),
+            {"mask": mb},
+        ),
+        (
+            losskit.WeightedCrossEntropyLoss(w, "sum"),
+            F.cross_entropy(x, y, weight=w, reduction="sum"),
+            (x, y),
+            {},
+        ),
+    ]
+
+
+@pytest.mark.parametrize("idx", range(4), ids=["poly1", "hinge", "asymmetric", "weighted_ce"])
+def test_more_module_functional_roundtrip_compile(idx):
+    module, value, args, kw = _more_module_cases()[idx]
+    assert_module_matches(module, value, *args, **kw)
+    assert_compiles(lambda *a: module(*a, **kw), *args)
+
+
+def test_more_registry_names():
+    names = losskit.available("classification")
+    for name in ("poly1_cross_entropy", "asymmetric", "multiclass_hinge"):
+        assert name in names
+        assert losskit.registry.get_spec(name).family == "classification"
+    assert isinstance(losskit.build("poly1", epsilon=2.0), losskit.Poly1CrossEntropyLoss)
+    assert isinstance(losskit.build("asl"), losskit.AsymmetricLoss)
+    assert losskit.build({"name": "multiclass_hinge", "p": 2}).p == 2
+
+
+# ---------------------------------------------------------------- class weights
+
+
+def test_class_weights_schemes_against_plain_formulas():
+    counts = [50.0, 5.0, 1.0, 200.0]
+    C = len(counts)
+    for scheme, beta in (("inverse", 0.0), ("inverse_sqrt", 0.0), ("effective_number", 0.99)):
+        if scheme == "inverse":
+            raw = [1.0 / n for n in counts]
+        elif scheme == "inverse_sqrt":
+            raw = [1.0 / math.sqrt(n) for n in counts]
+        else:
+            raw = [(1 - beta) / (1 - beta**n) for n in counts]
+        expected = torch.tensor([r * C / sum(raw) for r in raw])
+        got = losskit.class_weights(torch.tensor(counts), C, scheme=scheme, beta=beta)
+        torch.testing.assert_close(got, expected)
+        assert abs(float(got.sum()) - C) < 1e-5
+        unnorm = losskit.class_weights(counts, C, scheme=scheme, beta=beta, normalize=False)
+        torch.testing.assert_close(unnorm, torch.tensor(raw, dtype=torch.float32))
+
+
+def test_class_weights_from_targets_limits_and_zero_counts():
+    targets = torch.tensor([[0, 0, 0, 2], [2, 0, -100, 0]])  # counts 5, 0, 2 (ignore skipped)
+    w = losskit.class_weights(targets, 3)
+    assert w.dtype == torch.float32
+    assert torch.isfinite(w).all()
+    assert float(w[1]) == 0.0  # absent class: weight 0, no inf
+    torch.testing.assert_close(w, torch.tensor([1 / 5, 0.0, 1 / 2]) * (3 / (1 / 5 + 1 / 2)))
+    # effective number: beta = 0 -> equal weights (over present classes), beta -> 1 -> inverse
+    torch.testing.assert_close(
+        losskit.class_weights(targets, 3, "effective_number", beta=0.0), torch.tensor([1.5, 0.0, 1.5])
+    )
+    torch.testing.assert_close(
+        losskit.class_weights(targets, 3, "effective_number", beta=1 - 1e-7), w, rtol=1e-5, atol=1e-5
+    )
+    # integer counts need counts=True
+    torch.testing.assert_close(losskit.class_weights(torch.tensor([5, 0, 2]), 3, counts=True), w)
+    torch.testing.assert_close(losskit.class_weights([5, 0, 2], 3), w)
+    # float64 counts keep float64
+    assert losskit.class_weights(torch.tensor([5.0, 1.0], dtype=torch.float64), 2).dtype == torch.float64
+
+
+def test_class_weights_bad_inputs():
+    with pytest.raises(LossValueError, match=r"targets contains class index 4, expected values in \[0, 3\)"):
+        losskit.class_weights(torch.tensor([0, 4, 1]), 3)
+    with pytest.raises(LossValueError, match=r"counts has shape \(2,\), expected \(3,\)"):
+        losskit.class_weights([1.0, 2.0], 3)
+    with pytest.raises(LossValueError, match="at least one class with a positive count"):
+        losskit.class_weights([0.0, 0.0], 2)
+    with pytest.raises(LossValueError, match="counts must be finite and non-negative"):
+        losskit.class_weights([1.0, -2.0], 2)
+    with pytest.raises(LossValueError, match="scheme must be one of"):
+        losskit.class_weights([1.0, 2.0], 2, scheme="log")
+    with pytest.raises(LossValueError, match=r"beta must be < 1.0, got 1.0"):
+        losskit.class_weights([1.0, 2.0], 2, scheme="effective_number", beta=1.0)
+    with pytest.raises(LossValueError, match=r"num_classes must be >= 1, got 0"):
+        losskit.class_weights([1.0], 0)
+
+
+def test_weighted_cross_entropy_from_targets():
+    g = torch.Generator().manual_seed(31)
+    targets = torch.cat(
+        [torch.zeros(30, dtype=torch.long), torch.ones(10, dtype=torch.long), torch.tensor([2])]
+    )
+    loss_fn = losskit.WeightedCrossEntropyLoss.from_targets(
+        targets, 3, scheme="effective_number", beta=0.9, label_smoothing=0.1
+    )
+    expected_w = losskit.class_weights(targets, 3, "effective_number", 0.9)
+    torch.testing.assert_close(loss_fn.weights, expected_w)
+    assert loss_fn.label_smoothing == 0.1
+    x = torch.randn(8, 3, generator=g)
+    y = torch.randint(0, 3, (8,), generator=g)
+    torch.testing.assert_close(loss_fn(x, y), F.cross_entropy(x, y, weight=expected_w, label_smoothing=0.1))
+    assert "weight" in loss_fn.state_dict()

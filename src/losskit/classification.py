@@ -25,10 +25,12 @@ from ._checks import (
     LossTypeError,
     LossValueError,
     check_broadcastable,
+    check_choice,
     check_class_target,
     check_class_weight,
     check_floating,
     check_int,
+    check_integer,
     check_min_ndim,
     check_number,
     check_prob_target,
@@ -41,13 +43,19 @@ from ._reduction import Normalizer, check_normalizer, reduce_loss, upcast
 from .registry import register
 
 __all__ = [
+    "AsymmetricLoss",
     "CrossEntropyLoss",
     "FocalLoss",
+    "MulticlassHingeLoss",
+    "Poly1CrossEntropyLoss",
     "SigmoidFocalLoss",
     "WeightedCrossEntropyLoss",
+    "asymmetric_loss",
     "class_weights",
     "cross_entropy_loss",
     "focal_loss",
+    "multiclass_hinge_loss",
+    "poly1_cross_entropy_loss",
     "sigmoid_focal_loss",
 ]
 
@@ -507,6 +515,125 @@ class FocalLoss(_ClassificationLoss):
         )
 
 
+# ============================================================================ PolyLoss
+
+
+def _poly1_math(
+    logp: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    prob_target: bool,
+    epsilon: float,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Poly-1 cross-entropy of log-probabilities; returns ``(element_loss, mask, denominator_weight)``."""
+
+    def term(lp: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        return -lp - epsilon * torch.expm1(lp)  # -log p + eps (1 - p)
+
+    return _soft_class_sum(
+        term,
+        logp,
+        target,
+        prob_target=prob_target,
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+    )
+
+
+def poly1_cross_entropy_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    epsilon: float = 1.0,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    normalizer: Normalizer = None,
+) -> torch.Tensor:
+    r"""Poly-1 cross-entropy (Leng et al., ICLR 2022, "PolyLoss: A Polynomial Expansion Perspective").
+
+    .. math::
+        \ell_i = \mathrm{CE}_i + \epsilon\,(1 - p_{i,t}),\qquad
+        \text{in general } \ell_i = \sum_c q_{ic}\, w_c \big(-\log p_{ic} + \epsilon (1 - p_{ic})\big)
+
+    ``q`` is the (label-smoothed) target distribution, as in :func:`cross_entropy_loss`; without class
+    weights the poly term is ``epsilon (1 - sum_c q_c p_c)``, the paper's form with label smoothing.
+    Class ``weight`` scales both parts of an element and the ``'mean'`` denominator is
+    ``sum_i w_{y_i}`` (cross-entropy's weighted mean). ``epsilon = 0`` is cross-entropy; the paper's
+    best ImageNet value is ``epsilon = 2`` and ``epsilon >= -1`` keeps the loss non-negative and
+    decreasing in ``p_t``.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+        >>> poly1_cross_entropy_loss(logits, torch.tensor([0, 2]), epsilon=1.0)
+        tensor(1.3327)
+    """
+    e = float(check_number("epsilon", epsilon, low=-1.0))
+    eps = _check_common(reduction, normalizer, label_smoothing)
+    prob = _multiclass_target(input, target, ignore_index)
+    x = upcast(input)
+    w = _prepare_weight("weight", weight, input, x.dtype)
+    loss, mask, denom = _poly1_math(
+        F.log_softmax(x, dim=1),
+        target,
+        prob_target=prob,
+        epsilon=e,
+        weight=w,
+        ignore_index=ignore_index,
+        label_smoothing=eps,
+    )
+    return _reduce(loss, reduction, mask=mask, denom=denom, normalizer=normalizer)
+
+
+class Poly1CrossEntropyLoss(_ClassificationLoss):
+    """Module form of :func:`poly1_cross_entropy_loss`.
+
+    Example:
+        >>> Poly1CrossEntropyLoss(epsilon=1.0)(torch.zeros(2, 4), torch.tensor([0, 3]))
+        tensor(2.1363)
+    """
+
+    weight: torch.Tensor | None
+
+    def __init__(
+        self,
+        epsilon: float = 1.0,
+        weight: torch.Tensor | Sequence[float] | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(reduction)
+        self.epsilon = float(check_number("epsilon", epsilon, low=-1.0))
+        self._class_buffer("weight", weight)
+        self.ignore_index = check_int("ignore_index", ignore_index)
+        self.label_smoothing = float(check_number("label_smoothing", label_smoothing, low=0.0, high=1.0))
+
+    def forward(
+        self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None
+    ) -> torch.Tensor:
+        return poly1_cross_entropy_loss(
+            input,
+            target,
+            self.epsilon,
+            self.weight,
+            self.ignore_index,
+            self.reduction,
+            self.label_smoothing,
+            normalizer=normalizer,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"epsilon={self.epsilon}, ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+            f"label_smoothing={self.label_smoothing}"
+        )
+
+
 # ============================================================================ binary / multi-label
 
 
@@ -686,6 +813,231 @@ class SigmoidFocalLoss(_ClassificationLoss):
         return f"alpha={self.alpha}, gamma={self.gamma}, reduction={self.reduction!r}"
 
 
+def _asymmetric_math(
+    x: torch.Tensor, t: torch.Tensor, *, gamma_neg: float, gamma_pos: float, clip: float
+) -> torch.Tensor:
+    """Element-wise asymmetric loss of compute-dtype logits ``x`` and targets ``t`` in [0, 1]."""
+    log_p = F.logsigmoid(x)
+    log_1mp = F.logsigmoid(-x)
+    pos = -log_p
+    mod = _pow_modulator(torch.exp(log_1mp), gamma_pos)  # (1 - p)^gamma_pos
+    if mod is not None:
+        pos = pos * mod
+    if clip > 0.0:
+        # shifted probability p_m = max(p - clip, 0); log(1 - p_m) >= log(clip) is finite, no eps needed
+        p_m = (torch.exp(log_p) - clip).clamp_min(0.0)
+        neg = -torch.log((torch.exp(log_1mp) + clip).clamp_max(1.0))
+    else:
+        p_m = torch.exp(log_p)
+        neg = -log_1mp
+    mod = _pow_modulator(p_m, gamma_neg)
+    if mod is not None:
+        neg = neg * mod
+    return t * pos + (1.0 - t) * neg
+
+
+def asymmetric_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    gamma_neg: float = 4.0,
+    gamma_pos: float = 0.0,
+    clip: float = 0.05,
+    reduction: str = "mean",
+    *,
+    weight: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    normalizer: Normalizer = None,
+) -> torch.Tensor:
+    r"""Asymmetric loss for multi-label classification (Ridnik et al., ICCV 2021, "ASL").
+
+    .. math::
+        \ell = -y\,(1 - p)^{\gamma_+} \log p \;-\; (1 - y)\, p_m^{\gamma_-} \log(1 - p_m),
+        \qquad p = \sigma(x),\quad p_m = \max(p - m, 0)
+
+    Negatives are focused harder (``gamma_neg > gamma_pos``) and *probability shifting* by the margin
+    ``m = clip`` discards very easy negatives (``p < clip``) entirely. ``log p`` is ``logsigmoid(x)``
+    and ``log(1 - p_m) = log(min(sigmoid(-x) + clip, 1)) >= log(clip)``, so no ``eps`` clamp is needed
+    (the reference implementation clamps probabilities at ``1e-8``). ``clip = 0, gamma_pos = gamma_neg =
+    gamma`` is the sigmoid focal loss without ``alpha`` (for 0/1 targets); all zero is BCE-with-logits.
+    Soft targets in ``[0, 1]`` mix the two terms linearly. Gradients flow through the focusing
+    weights (the reference implementation can detach them).
+
+    ``reduction='mean'`` averages over all elements (the reference implementation returns the sum:
+    use ``reduction='sum'``); ``weight`` / ``mask`` / ``normalizer`` as in :func:`sigmoid_focal_loss`.
+
+    Example:
+        >>> x = torch.tensor([[3.0, -1.0, 0.5]])
+        >>> y = torch.tensor([[1.0, 0.0, 0.0]])
+        >>> asymmetric_loss(x, y, reduction="sum")
+        tensor(0.1404)
+    """
+    gn = _check_gamma(gamma_neg, "gamma_neg")
+    gp = _check_gamma(gamma_pos, "gamma_pos")
+    m = float(check_number("clip", clip, low=0.0, high=1.0, high_open=True))
+    x, t = _binary_prepare(input, target, weight, mask, reduction, normalizer)
+    loss = _asymmetric_math(x, t, gamma_neg=gn, gamma_pos=gp, clip=m)
+    w = None if weight is None else weight.to(device=x.device, dtype=x.dtype)
+    return reduce_loss(loss, reduction, weight=w, mask=mask, normalizer=normalizer)
+
+
+class AsymmetricLoss(_ClassificationLoss):
+    """Module form of :func:`asymmetric_loss`.
+
+    Example:
+        >>> AsymmetricLoss(reduction="sum")(torch.tensor([[3.0, -1.0, 0.5]]), torch.tensor([[1.0, 0.0, 0.0]]))
+        tensor(0.1404)
+    """
+
+    def __init__(
+        self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05, reduction: str = "mean"
+    ) -> None:
+        super().__init__(reduction)
+        self.gamma_neg = _check_gamma(gamma_neg, "gamma_neg")
+        self.gamma_pos = _check_gamma(gamma_pos, "gamma_pos")
+        self.clip = float(check_number("clip", clip, low=0.0, high=1.0, high_open=True))
+
+    def forward(
+        self,
+        input: torch.Tensor,
+        target: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        normalizer: Normalizer = None,
+    ) -> torch.Tensor:
+        return asymmetric_loss(
+            input,
+            target,
+            self.gamma_neg,
+            self.gamma_pos,
+            self.clip,
+            self.reduction,
+            weight=weight,
+            mask=mask,
+            normalizer=normalizer,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"gamma_neg={self.gamma_neg}, gamma_pos={self.gamma_pos}, clip={self.clip}, "
+            f"reduction={self.reduction!r}"
+        )
+
+
+# ============================================================================ multi-class hinge
+
+
+def _multiclass_hinge_math(
+    x: torch.Tensor, target: torch.Tensor, *, p: int, margin: float, mode: str
+) -> torch.Tensor:
+    """Per-element multi-class hinge of compute-dtype scores ``x`` and valid (non-ignored) ``target``."""
+    idx = target.unsqueeze(1)
+    h = (margin - x.gather(1, idx) + x).clamp_min(0.0)
+    if p == 2:
+        h = h * h
+    h = h.scatter(1, idx, 0.0)  # j != y only
+    if mode == "crammer_singer":
+        return h.amax(1)
+    return h.sum(1) / x.shape[1]
+
+
+def multiclass_hinge_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    p: int = 1,
+    margin: float = 1.0,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    *,
+    mode: str = "sum",
+    normalizer: Normalizer = None,
+) -> torch.Tensor:
+    r"""Multi-class hinge (margin) loss of scores.
+
+    ``mode='sum'`` is :class:`torch.nn.MultiMarginLoss` (Weston & Watkins 1999 form):
+
+    .. math::
+        \ell_i = \frac{w_{y_i}}{C} \sum_{j \ne y_i} \max(0,\ m - x_{i,y_i} + x_{ij})^p
+
+    ``mode='crammer_singer'`` (Crammer & Singer 2001) keeps only the most violating class:
+    ``l_i = w_{y_i} max_{j != y_i} max(0, m - x_{i,y_i} + x_{ij})^p``.
+
+    ``reduction='mean'`` is ``sum_i l_i / sum_i w_{y_i}`` over non-ignored elements (torch's
+    ``MultiMarginLoss`` divides by ``N`` even with weights; without weights they agree).
+    Accepts ``(N, C)`` or ``(N, C, d1, ...)`` scores and class-index targets with ``ignore_index``.
+
+    Example:
+        >>> scores = torch.tensor([[0.1, 0.2, 0.4, 0.8]])
+        >>> multiclass_hinge_loss(scores, torch.tensor([3]))  # torch's MultiMarginLoss example
+        tensor(0.3250)
+    """
+    check_choice("p", p, (1, 2))
+    mg = float(check_number("margin", margin, low=0.0))
+    check_choice("mode", mode, ("sum", "crammer_singer"))
+    check_reduction(reduction)
+    check_normalizer(normalizer, reduction)
+    if _multiclass_target(input, target, ignore_index):
+        raise LossValueError(
+            "multiclass_hinge_loss needs class-index targets (integer tensor), got a floating target"
+        )
+    x = upcast(input)
+    w = _prepare_weight("weight", weight, input, x.dtype)
+    mask = target != ignore_index
+    safe = torch.where(mask, target, target.new_zeros(())).long()
+    loss = _multiclass_hinge_math(x, safe, p=int(p), margin=mg, mode=mode)
+    denom = None
+    if w is not None:
+        denom = w[safe]
+        loss = loss * denom
+    return _reduce(loss, reduction, mask=mask, denom=denom, normalizer=normalizer)
+
+
+class MulticlassHingeLoss(_ClassificationLoss):
+    """Module form of :func:`multiclass_hinge_loss` (``torch.nn.MultiMarginLoss`` arguments).
+
+    Example:
+        >>> MulticlassHingeLoss()(torch.tensor([[0.1, 0.2, 0.4, 0.8]]), torch.tensor([3]))
+        tensor(0.3250)
+    """
+
+    weight: torch.Tensor | None
+
+    def __init__(
+        self,
+        p: int = 1,
+        margin: float = 1.0,
+        weight: torch.Tensor | Sequence[float] | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        *,
+        mode: str = "sum",
+    ) -> None:
+        super().__init__(reduction)
+        self.p = check_choice("p", p, (1, 2))
+        self.margin = float(check_number("margin", margin, low=0.0))
+        self.mode = check_choice("mode", mode, ("sum", "crammer_singer"))
+        self._class_buffer("weight", weight)
+        self.ignore_index = check_int("ignore_index", ignore_index)
+
+    def forward(
+        self, input: torch.Tensor, target: torch.Tensor, normalizer: Normalizer = None
+    ) -> torch.Tensor:
+        return multiclass_hinge_loss(
+            input,
+            target,
+            self.p,
+            self.margin,
+            self.weight,
+            self.ignore_index,
+            self.reduction,
+            mode=self.mode,
+            normalizer=normalizer,
+        )
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, margin={self.margin}, mode={self.mode!r}, reduction={self.reduction!r}"
+
+
 # ============================================================================ class weights
 
 
@@ -734,8 +1086,6 @@ def class_weights(
         tensor([1.1833, 1.8167, 0.0000])
     """
     check_int("num_classes", num_classes, low=1)
-    from ._checks import check_choice
-
     check_choice("scheme", scheme, _SCHEMES)
     b = float(check_number("beta", beta, low=0.0, high=1.0, high_open=True))
     out_dtype = torch.float32
@@ -756,8 +1106,6 @@ def class_weights(
         if bool((n < 0).any()) or not bool(torch.isfinite(n).all()):
             raise LossValueError("counts must be finite and non-negative")
     else:
-        from ._checks import check_integer
-
         check_integer("targets", data)
         flat = data.reshape(-1)
         flat = flat[flat != ignore_index]
@@ -871,4 +1219,30 @@ register(
     functional=sigmoid_focal_loss,
     source="Lin et al. 2017 / torchvision",
     notes="RetinaNet form, torchvision args; gamma=0, alpha<0 == BCE-with-logits",
+)
+register(
+    "poly1_cross_entropy",
+    Poly1CrossEntropyLoss,
+    family=_FAMILY,
+    functional=poly1_cross_entropy_loss,
+    source="Leng et al. ICLR 2022 (PolyLoss)",
+    notes="CE + epsilon (1 - p_t); weights / ignore / label smoothing like CE",
+    aliases=("poly1",),
+)
+register(
+    "asymmetric",
+    AsymmetricLoss,
+    family=_FAMILY,
+    functional=asymmetric_loss,
+    source="Ridnik et al. ICCV 2021 (ASL)",
+    notes="multi-label; gamma_neg=4, gamma_pos=0, clip=0.05; log-space, no eps",
+    aliases=("asl",),
+)
+register(
+    "multiclass_hinge",
+    MulticlassHingeLoss,
+    family=_FAMILY,
+    functional=multiclass_hinge_loss,
+    source="Weston & Watkins 1999; Crammer & Singer 2001",
+    notes="torch MultiMarginLoss semantics (mode='sum') or Crammer-Singer max; weighted mean",
 )
