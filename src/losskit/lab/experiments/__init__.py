@@ -1,0 +1,1 @@
+"""One module per experiment; each exposes ``run(ctx: LabContext) -> ExperimentResult``."""
