@@ -1,0 +1,115 @@
+"""Dice loss forward+backward: losskit vs the eager composition a user writes, and F.cross_entropy.
+
+Multiclass, class-index target, (16, 4, 128, 128) float32 logits on CPU by default. Reports the median
+of >= 10 timed runs after warm-up, and the bytes saved for backward (unique storages seen by
+``torch.autograd.graph.saved_tensors_hooks``). The machine may be shared: compare the ratios.
+
+    python benchmarks/bench_dice.py [--shape 16 4 128 128] [--threads 2] [--runs 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+import losskit.functional as LF
+
+
+def eager_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """What users typically write: softmax, one_hot, permute, sums."""
+    c = logits.shape[1]
+    probs = logits.softmax(dim=1)
+    onehot = F.one_hot(target, c).permute(0, 3, 1, 2).float()
+    dims = (2, 3)
+    inter = (probs * onehot).sum(dims)
+    card = probs.sum(dims) + onehot.sum(dims)
+    return (1.0 - 2.0 * inter / card.clamp_min(eps)).mean()
+
+
+def losskit_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return LF.dice_loss(logits, target)
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, target)
+
+
+def saved_bytes(fn: Callable, logits: torch.Tensor, target: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd keeps for backward (inputs themselves excluded)."""
+    seen: dict[int, int] = {}
+    leaf_ptr = logits.untyped_storage().data_ptr()
+
+    def pack(t: torch.Tensor):
+        st = t.untyped_storage()
+        if st.data_ptr() != leaf_ptr:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    x = logits.detach().requires_grad_(True)
+    leaf_ptr = x.untyped_storage().data_ptr()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = fn(x, target)
+    loss.backward()
+    return sum(seen.values())
+
+
+def time_fwd_bwd(fn: Callable, logits: torch.Tensor, target: torch.Tensor, runs: int, warmup: int) -> float:
+    x = logits.detach().requires_grad_(True)
+    for _ in range(warmup):
+        fn(x, target).backward()
+        x.grad = None
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn(x, target).backward()
+        times.append(time.perf_counter() - t0)
+        x.grad = None
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--shape", type=int, nargs=4, default=[16, 4, 128, 128])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    n, c, h, w = args.shape
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(n, c, h, w, generator=g)
+    target = torch.randint(0, c, (n, h, w), generator=g)
+
+    # same value first (the eager composition is the plain Dice formula)
+    a, b = losskit_dice(logits, target), eager_dice(logits, target)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+    impls = [
+        ("eager composition", eager_dice),
+        ("losskit dice_loss", losskit_dice),
+        ("F.cross_entropy", cross_entropy),
+    ]
+    rows = []
+    for name, fn in impls:
+        ms = 1e3 * time_fwd_bwd(fn, logits, target, args.runs, args.warmup)
+        mb = saved_bytes(fn, logits, target) / 2**20
+        rows.append((name, ms, mb))
+    base_ms, base_mb = rows[0][1], rows[0][2]
+    print(
+        f"Dice forward+backward, multiclass, class-index target, input {tuple(args.shape)} float32, CPU, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.runs} runs "
+        f"after {args.warmup} warm-up\n"
+    )
+    print("| implementation | time (ms) | time vs eager | saved for backward (MiB) | memory vs eager |")
+    print("|---|---|---|---|---|")
+    for name, ms, mb in rows:
+        print(f"| {name} | {ms:.2f} | {ms / base_ms:.2f}x | {mb:.2f} | {mb / base_mb:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
