@@ -1,0 +1,88 @@
+"""Compilation cache for the fused kernels.
+
+Each kernel is written once as plain tensor code (a forward and a backward function of the saved
+inputs). Above a size threshold that code is run through ``torch.compile`` (Inductor generates one
+vectorised C++/OpenMP loop per reduction on CPU, Triton on GPU), so a forward or backward pass
+reads its inputs once or twice and writes only its result. Below the threshold, when compilation
+is switched off, while an outer ``torch.compile`` is tracing, or if compilation fails, the same
+code runs eagerly (correct, but with the usual temporaries of eager PyTorch).
+
+**First-call cost**: compiling one kernel variant (one forward or backward for one set of
+hyperparameters) takes about 5-20 s on a 2-core CPU (more on a loaded machine, much less once
+Inductor's on-disk cache under ``/tmp/torchinductor_$USER`` is warm). Compiled kernels are cached
+per process and per hyperparameter set, and use dynamic shapes, so a new batch size does not
+recompile.
+
+Switches:
+
+* ``LOSSKIT_COMPILE_KERNELS=0`` in the environment, or :func:`set_compile_kernels(False)
+  <set_compile_kernels>`, keeps every kernel eager;
+* :func:`set_compile_kernels(True, min_numel=0) <set_compile_kernels>` compiles whatever the size
+  (the default threshold is ``LOSSKIT_COMPILE_MIN_NUMEL`` = 262144 elements: below it the one-time
+  compile cost is not worth it).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import torch
+
+__all__ = ["compile_kernels_enabled", "run_kernel", "set_compile_kernels"]
+
+_ENABLED = os.environ.get("LOSSKIT_COMPILE_KERNELS", "1") not in ("0", "false", "False", "")
+_MIN_NUMEL = int(os.environ.get("LOSSKIT_COMPILE_MIN_NUMEL", str(1 << 18)))
+_CACHE: dict[Hashable, Callable[..., Any]] = {}
+_EAGER: dict[Hashable, Callable[..., Any]] = {}
+_FAILED: set[Hashable] = set()
+
+
+def set_compile_kernels(enabled: bool, min_numel: int | None = None) -> None:
+    """Turn compilation of the fused kernels on or off (and optionally set the size threshold).
+
+    With ``enabled=False`` every kernel runs its eager implementation. ``min_numel`` is the number
+    of input elements from which the compiled version is used.
+    """
+    global _ENABLED, _MIN_NUMEL
+    _ENABLED = bool(enabled)
+    if min_numel is not None:
+        _MIN_NUMEL = int(min_numel)
+
+
+def compile_kernels_enabled() -> bool:
+    """True when kernels may be compiled (switched on and not inside an outer ``torch.compile``)."""
+    return _ENABLED and not torch.compiler.is_compiling()
+
+
+def _eager(key: Hashable, build: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
+    fn = _EAGER.get(key)
+    if fn is None:
+        fn = _EAGER[key] = build()
+    return fn
+
+
+def run_kernel(key: Hashable, build: Callable[[], Callable[..., Any]], numel: int, *args: Any) -> Any:
+    """Run the function made by ``build()`` on ``args``, compiled when worthwhile.
+
+    ``key`` identifies the function and every Python constant baked into it (hyperparameters).
+    A compilation error disables compilation for that key (with one warning) and runs eagerly.
+    """
+    if numel < _MIN_NUMEL or not compile_kernels_enabled() or key in _FAILED:
+        return _eager(key, build)(*args)
+    fn = _CACHE.get(key)
+    if fn is None:
+        fn = _CACHE[key] = torch.compile(build(), dynamic=True, fullgraph=True)
+    try:
+        return fn(*args)
+    except Exception as err:  # pragma: no cover - depends on the toolchain
+        _FAILED.add(key)
+        warnings.warn(
+            f"losskit: compiling kernel {key[0] if isinstance(key, tuple) else key} failed "
+            f"({type(err).__name__}: {err}); using the eager implementation",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return _eager(key, build)(*args)

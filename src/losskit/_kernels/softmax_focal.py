@@ -1,0 +1,144 @@
+r"""Fused softmax focal loss rows (Lin et al. 2017) for ``(N, C)`` logits and class-index targets.
+
+.. math::
+    \ell_i = -c_{y_i}\,(1 - p_{i y_i})^\gamma \log p_{i y_i},\qquad p_i = \operatorname{softmax}(x_i)
+
+with ``c`` a per-class coefficient (``alpha_c w_c`` of :func:`losskit.functional.focal_loss`) or a
+number, and ``l_i = 0`` where ``y_i == ignore_index``. Forward keeps no ``(N, C)`` tensor: it needs
+one log-sum-exp per row. Backward recomputes it from the saved inputs and writes
+
+.. math::
+    \frac{\partial \ell_i}{\partial x_{ij}} = k_i\,(\delta_{j y_i} - p_{ij}),\quad
+    k_i = -c_{y_i}\big[(1 - p)^\gamma - \gamma (1 - p)^{\gamma - 1} p \log p\big]_{p = p_{i y_i}}
+
+(``1 - p = -expm1(log p)``; for ``gamma < 1`` its power ``gamma - 1`` uses a base clamped at the
+smallest normal number, the finite limit at saturation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ._common import dpow, float_dtype, ipow
+from ._compile import run_kernel
+
+__all__ = ["softmax_focal_rows", "softmax_focal_supports"]
+
+
+def _row_terms(x: torch.Tensor, y: torch.Tensor, coef: torch.Tensor | None, ignore_index: int):
+    xf = x.to(float_dtype(x))
+    valid = y != ignore_index
+    yc = torch.where(valid, y, torch.zeros_like(y)).long()
+    lse = torch.logsumexp(xf, dim=1)
+    lp = xf.gather(1, yc.unsqueeze(1)).squeeze(1) - lse
+    omp = -torch.expm1(lp)
+    c = valid.to(xf.dtype)
+    if coef is not None:
+        c = c * coef.to(xf.dtype)[yc]
+    return xf, yc, lse, lp, omp, c
+
+
+def _build_forward(gamma: float, ignore_index: int, scalar: float) -> Callable:
+    def forward(x: torch.Tensor, y: torch.Tensor, coef: torch.Tensor | None = None) -> torch.Tensor:
+        _, _, _, lp, omp, c = _row_terms(x, y, coef, ignore_index)
+        return -(scalar * c) * ipow(omp, gamma) * lp
+
+    return forward
+
+
+def _build_backward(gamma: float, ignore_index: int, scalar: float) -> Callable:
+    def backward(
+        x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, coef: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        xf, yc, lse, lp, omp, c = _row_terms(x, y, coef, ignore_index)
+        dl = ipow(omp, gamma)
+        if gamma != 0.0:
+            dl = dl - dpow(omp, gamma) * torch.exp(lp) * lp
+        k = (-(scalar * c) * dl * g).unsqueeze(1)
+        classes = torch.arange(xf.shape[1], device=xf.device).unsqueeze(0)
+        onehot = (classes == yc.unsqueeze(1)).to(xf.dtype)
+        return (k * (onehot - torch.exp(xf - lse.unsqueeze(1)))).to(x.dtype)
+
+    return backward
+
+
+class _SoftmaxFocalRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y, coef, scalar, gamma, ignore_index):  # type: ignore[override]
+        ctx.save_for_backward(x, y, coef)
+        ctx.conf = (scalar, gamma, ignore_index)
+        key = ("softmax_focal.fwd", gamma, ignore_index, scalar, coef is not None)
+        args = (x, y) if coef is None else (x, y, coef)
+        return run_kernel(key, lambda: _build_forward(gamma, ignore_index, scalar), x.numel(), *args)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        x, y, coef = ctx.saved_tensors
+        scalar, gamma, ignore_index = ctx.conf
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None
+        key = ("softmax_focal.bwd", gamma, ignore_index, scalar, coef is not None)
+        args = (x, y, grad) if coef is None else (x, y, grad, coef)
+        gx = run_kernel(key, lambda: _build_backward(gamma, ignore_index, scalar), x.numel(), *args)
+        return gx, None, None, None, None, None
+
+
+def softmax_focal_supports(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    coef: torch.Tensor | None = None,
+) -> bool:
+    """Whether :func:`softmax_focal_rows` covers this call.
+
+    Covered: 2-D ``(N, C)`` fp32/fp64/fp16/bf16 logits, 1-D integer class-index targets ``(N,)`` on
+    the same device, ``label_smoothing == 0`` (smoothing and probability targets use the eager code),
+    ``coef`` (if any) a ``(C,)`` tensor not requiring grad, not inside an outer ``torch.compile``.
+    """
+    if label_smoothing != 0.0 or torch.compiler.is_compiling():
+        return False
+    if not (isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor)):
+        return False
+    if input.dim() != 2 or input.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        return False
+    if target.is_floating_point() or target.dtype == torch.bool or target.shape != input.shape[:1]:
+        return False
+    if target.device != input.device:
+        return False
+    if coef is not None:
+        if coef.shape != input.shape[1:] or coef.requires_grad or coef.device != input.device:
+            return False
+    return True
+
+
+def softmax_focal_rows(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    gamma: float = 2.0,
+    ignore_index: int = -100,
+    coef: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    r"""Per-sample softmax focal loss ``(N,)`` (module docstring formula), 0 on ignored rows.
+
+    ``coef`` is a ``(C,)`` per-class factor (``alpha * weight`` in the public loss), a number, or
+    ``None`` (1). Reduce the rows as the public function does (e.g. ``sum / sum_i w_{y_i}`` over
+    non-ignored rows for torch's weighted mean). Float32 result for half inputs; only ``input`` gets
+    a gradient. Call only when :func:`softmax_focal_supports` is true; targets are not validated.
+
+    Example:
+        >>> x = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+        >>> softmax_focal_rows(x, torch.tensor([0, -100]), gamma=0.0)
+        tensor([0.1698, 0.0000])
+    """
+    scalar = 1.0
+    tensor_coef = None
+    if isinstance(coef, torch.Tensor) and coef.dim() > 0:
+        tensor_coef = coef
+    elif coef is not None:
+        scalar = float(coef)
+    return _SoftmaxFocalRows.apply(input, target, tensor_coef, scalar, float(gamma), int(ignore_index))
