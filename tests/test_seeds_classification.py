@@ -94,3 +94,15 @@ def test_seed_weighted_cross_entropy_example():
         )
     # no weights: plain cross-entropy
     torch.testing.assert_close(WeightedCrossEntropyLoss()(preds, targets), F.cross_entropy(preds, targets))
+
+
+def test_seed_weights_attribute_is_settable():
+    from losskit import WeightedCrossEntropyLoss
+
+    loss_fn = WeightedCrossEntropyLoss()
+    preds, targets = torch.randn(6, 2), torch.tensor([0, 1, 1, 0, 1, 1])
+    loss_fn.weights = torch.tensor([0.2, 0.8])
+    assert set(loss_fn.state_dict()) == {"weight"}
+    torch.testing.assert_close(
+        loss_fn(preds, targets), F.cross_entropy(preds, targets, weight=torch.tensor([0.2, 0.8]))
+    )

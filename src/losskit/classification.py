@@ -412,6 +412,10 @@ def focal_loss(
     ``(1 - p)`` is computed as ``-expm1(log p)`` from a float32 ``log_softmax``; for ``gamma < 1`` its
     gradient stays finite at saturation (``p -> 1``).
 
+    Other libraries' "focal loss" differ: kornia's softmax ``focal_loss(reduction='mean')`` averages
+    the one-hot-masked ``(N, C)`` tensor (``1/C`` of this mean) and counts ignored elements in the
+    denominator; segmentation_models_pytorch's multi-class focal is a per-class *sigmoid* focal.
+
     Args:
         input: logits ``(N, C)`` or ``(N, C, d1, ...)``.
         target: class indices ``(N, d1, ...)`` or probabilities of ``input``'s shape.
@@ -925,6 +929,8 @@ class AsymmetricLoss(_ClassificationLoss):
 
 # ============================================================================ multi-class hinge
 
+_HINGE_MODES = ("multi_margin", "crammer_singer")
+
 
 def _multiclass_hinge_math(
     x: torch.Tensor, target: torch.Tensor, *, p: int, margin: float, mode: str
@@ -949,12 +955,12 @@ def multiclass_hinge_loss(
     ignore_index: int = -100,
     reduction: str = "mean",
     *,
-    mode: str = "sum",
+    mode: str = "multi_margin",
     normalizer: Normalizer = None,
 ) -> torch.Tensor:
     r"""Multi-class hinge (margin) loss of scores.
 
-    ``mode='sum'`` is :class:`torch.nn.MultiMarginLoss` (Weston & Watkins 1999 form):
+    ``mode='multi_margin'`` is :class:`torch.nn.MultiMarginLoss` (Weston & Watkins 1999 form):
 
     .. math::
         \ell_i = \frac{w_{y_i}}{C} \sum_{j \ne y_i} \max(0,\ m - x_{i,y_i} + x_{ij})^p
@@ -973,7 +979,7 @@ def multiclass_hinge_loss(
     """
     check_choice("p", p, (1, 2))
     mg = float(check_number("margin", margin, low=0.0))
-    check_choice("mode", mode, ("sum", "crammer_singer"))
+    check_choice("mode", mode, _HINGE_MODES)
     check_reduction(reduction)
     check_normalizer(normalizer, reduction)
     if _multiclass_target(input, target, ignore_index):
@@ -1010,12 +1016,12 @@ class MulticlassHingeLoss(_ClassificationLoss):
         ignore_index: int = -100,
         reduction: str = "mean",
         *,
-        mode: str = "sum",
+        mode: str = "multi_margin",
     ) -> None:
         super().__init__(reduction)
         self.p = check_choice("p", p, (1, 2))
         self.margin = float(check_number("margin", margin, low=0.0))
-        self.mode = check_choice("mode", mode, ("sum", "crammer_singer"))
+        self.mode = check_choice("mode", mode, _HINGE_MODES)
         self._class_buffer("weight", weight)
         self.ignore_index = check_int("ignore_index", ignore_index)
 
@@ -1162,6 +1168,10 @@ class WeightedCrossEntropyLoss(CrossEntropyLoss):
         """The per-class weights (the ``weight`` buffer)."""
         return self.weight
 
+    @weights.setter
+    def weights(self, value: torch.Tensor | Sequence[float] | None) -> None:
+        self._class_buffer("weight", value)
+
     @classmethod
     def from_targets(
         cls,
@@ -1244,5 +1254,5 @@ register(
     family=_FAMILY,
     functional=multiclass_hinge_loss,
     source="Weston & Watkins 1999; Crammer & Singer 2001",
-    notes="torch MultiMarginLoss semantics (mode='sum') or Crammer-Singer max; weighted mean",
+    notes="torch MultiMarginLoss semantics (mode='multi_margin') or Crammer-Singer max; weighted mean",
 )
