@@ -596,6 +596,11 @@ def test_bad_inputs_have_clear_messages():
         LF.dice_loss(x, t, "multilabel")
     with pytest.raises(LossValueError, match=r"target contains class index 2, expected values in \[0, 2\)"):
         LF.dice_loss(x[:, :1], t, "binary")
+    with pytest.raises(
+        LossValueError,
+        match=r"target has shape \(2, 5, 5\), expected \(2, 4, 5\) to match input of shape \(2, 1, 4, 5\)",
+    ):
+        LF.dice_loss(x[:, :1], torch.zeros(2, 5, 5, dtype=torch.long), "binary")
     with pytest.raises(LossValueError, match=r"target must have values in \[0, 1\], got range"):
         LF.dice_loss(x, torch.full_like(x, 2.0))
     with pytest.raises(

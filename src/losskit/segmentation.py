@@ -60,6 +60,7 @@ from ._checks import (
     check_class_target,
     check_floating,
     check_int,
+    check_integer,
     check_min_ndim,
     check_number,
     check_reduction,
@@ -139,6 +140,13 @@ def _dense_target(input: torch.Tensor, target: torch.Tensor, dtype: torch.dtype)
 
 
 def _check_binary_indices(input: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> None:
+    check_integer("target", target)
+    expected = (input.shape[0], *input.shape[2:])
+    if tuple(target.shape) != expected:
+        raise LossValueError(
+            f"target has shape {shape_str(target.shape)}, expected {shape_str(expected)} to match input "
+            f"of shape {shape_str(input.shape)}"
+        )
     # a (N, 1, ...) input is a 2-class problem for the range check: values 0 and 1
     check_class_target(input.expand(input.shape[0], 2, *input.shape[2:]), target, ignore_index=ignore_index)
 
