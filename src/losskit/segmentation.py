@@ -182,7 +182,10 @@ def _overlap_stats(
 
     x = upcast(input)
     dtype = x.dtype
-    if from_logits:
+    fused = mode == "multiclass" and from_logits and target.dim() == input.dim() - 1
+    if fused:
+        p = x  # the softmax happens inside _SoftmaxIndexSums
+    elif from_logits:
         p = torch.softmax(x, dim=1) if mode == "multiclass" else torch.sigmoid(x)
     else:
         if value_checks_enabled() and x.numel() > 0:
@@ -215,19 +218,23 @@ def _overlap_stats(
             tp, psum, gsum = (p * g).sum(spatial), _power_sum(p, squared, spatial), g.sum(spatial)
         else:
             # class indices: TP_c = sum of p_c over the positions labelled c, without a one-hot tensor
-            t = target if valid is None else torch.where(valid, target, torch.zeros_like(target))
-            if valid is not None:
-                p = p * valid.unsqueeze(1).to(dtype)
             size = math.prod(input.shape[2:])
-            flat_p = p.reshape(n, num_classes, size)
-            flat_t = t.reshape(n, 1, size).long()
-            p_true = flat_p.gather(1, flat_t).squeeze(1)
-            idx = flat_t.squeeze(1)
-            zeros = flat_p.new_zeros(n, num_classes)
-            tp = zeros.scatter_add(1, idx, p_true)
-            ones = (torch.ones_like(p_true) if valid is None else valid.reshape(n, size).to(dtype)).detach()
-            gsum = zeros.detach().scatter_add(1, idx, ones)
-            psum = _power_sum(flat_p, squared, (2,))
+            t = target if valid is None else torch.where(valid, target, torch.zeros_like(target))
+            idx = t.reshape(n, size).long()
+            flat_valid = None if valid is None else valid.reshape(n, size)
+            if fused:
+                tp, psum = _SoftmaxIndexSums.apply(x.reshape(n, num_classes, size), idx, flat_valid, squared)
+            else:
+                flat_p = p.reshape(n, num_classes, size)
+                if flat_valid is not None:
+                    flat_p = flat_p * flat_valid.unsqueeze(1).to(dtype)
+                p_true = flat_p.gather(1, idx.unsqueeze(1)).squeeze(1)
+                tp = flat_p.new_zeros(n, num_classes).scatter_add(1, idx, p_true)
+                psum = _power_sum(flat_p, squared, (2,))
+            ones = (
+                torch.ones(n, size, dtype=dtype, device=x.device) if valid is None else flat_valid.to(dtype)
+            )
+            gsum = torch.zeros(n, num_classes, dtype=dtype, device=x.device).scatter_add(1, idx, ones)
     else:
         if ignore_index is not None:
             raise LossValueError(
@@ -250,6 +257,55 @@ def _overlap_stats(
     if not include_background:
         tp, psum, gsum = tp[..., 1:], psum[..., 1:], gsum[..., 1:]
     return tp, psum - tp, gsum - tp
+
+
+class _SoftmaxIndexSums(torch.autograd.Function):
+    """``(TP, sum p)`` per (image, class) of ``p = softmax(x)`` for class-index targets, fused.
+
+    ``x`` is ``(N, C, S)`` logits, ``idx`` ``(N, S)`` int64 class indices (ignored positions hold any
+    valid class), ``valid`` ``(N, S)`` bool or None. ``sum p`` is ``sum p^2`` with ``squared``.
+    Only ``p`` and a compact copy of the indices are kept for backward (no one-hot tensor, no int64
+    index, no masked copy of ``p``); the backward pass is the closed form of the softmax Jacobian:
+
+        dL/dx_c = p_c (A_c - sum_k p_k A_k) + [c = t] p_t dL/dTP_t,
+        A_c = m * dL/d(sum p)_c  (or 2 m p_c dL/d(sum p^2)_c),  m = valid
+    """
+
+    @staticmethod
+    def forward(ctx, x, idx, valid, squared):  # type: ignore[override]
+        p = torch.softmax(x, dim=1)
+        pm = p if valid is None else p * valid.unsqueeze(1).to(p.dtype)
+        p_true = pm.gather(1, idx.unsqueeze(1)).squeeze(1)
+        tp = pm.new_zeros(x.shape[0], x.shape[1]).scatter_add(1, idx, p_true)
+        psum = (pm * pm).sum(2) if squared else pm.sum(2)
+        small = idx.to(torch.uint8) if x.shape[1] <= 256 else idx
+        ctx.save_for_backward(p, small, valid)
+        ctx.squared = squared
+        return tp, psum
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_tp, g_ps):  # type: ignore[override]
+        p, small, valid = ctx.saved_tensors
+        idx = small.long().unsqueeze(1)
+        m = None if valid is None else valid.unsqueeze(1).to(p.dtype)
+        if g_ps is None:
+            g_ps = p.new_zeros(p.shape[:2])
+        if g_tp is None:
+            g_tp = p.new_zeros(p.shape[:2])
+        a = g_ps.unsqueeze(2)
+        if ctx.squared:
+            a = 2.0 * a * (p if m is None else p * m)
+        if m is not None:
+            a = a * m
+        coef = g_tp.gather(1, idx.squeeze(1)).unsqueeze(1)  # dL/dTP at each position's class
+        if m is not None:
+            coef = coef * m
+        p_true = p.gather(1, idx)
+        dot = (p * a).sum(1, keepdim=True) + p_true * coef
+        grad = p * (a - dot)
+        grad = grad.scatter_add(1, idx, p_true * coef)
+        return grad, None, None, None
 
 
 def _power_sum(p: torch.Tensor, squared: bool, dims: tuple[int, ...]) -> torch.Tensor:
