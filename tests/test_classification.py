@@ -273,7 +273,10 @@ def test_focal_gamma0_equals_torch_cross_entropy(reduction):
     for kw in ({}, {"weight": w}, {"label_smoothing": 0.1}, {"weight": w, "label_smoothing": 0.3}):
         for target in (y, probs):
             ours = LF.focal_loss(x, target, 1.0, 0.0, reduction, **kw)
-            torch.testing.assert_close(ours, F.cross_entropy(x, target, reduction=reduction, **kw))
+            theirs = F.cross_entropy(x, target, reduction=reduction, **kw)
+            torch.testing.assert_close(ours, theirs)
+            if reduction == "none":  # element-wise the same operations: bit-for-bit equal
+                assert torch.equal(ours, theirs)
     y3 = y.clone()
     y3[y3 == -100] = 3
     torch.testing.assert_close(
@@ -411,7 +414,7 @@ def test_sigmoid_focal_normalizer_and_bool_targets():
 logit = st.floats(-20, 20, allow_nan=False, width=32)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
     st.integers(1, 6),
     st.integers(2, 5),
@@ -443,7 +446,7 @@ def test_properties_multiclass(n, c, gamma, eps, data):
     assert (hi <= lo + 1e-12).all()
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
     st.lists(st.tuples(logit, st.floats(0.0, 1.0)), min_size=1, max_size=12),
     st.floats(0.0, 4.0),

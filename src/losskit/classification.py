@@ -1,9 +1,11 @@
-"""Classification losses: cross-entropy, softmax focal, sigmoid focal (RetinaNet), class weights.
+"""Classification losses: cross-entropy, softmax and sigmoid focal, PolyLoss, asymmetric, hinge, class weights.
 
-Multi-class losses take logits ``input`` of shape ``(N, C)`` or ``(N, C, d1, ...)`` (class axis is
-dim 1, like :func:`torch.nn.functional.cross_entropy`) and either class indices ``target`` of shape
-``(N, d1, ...)`` (entries equal to ``ignore_index`` are ignored) or class probabilities of the input's
-shape. Multi-label / binary losses take logits and targets of the same shape.
+Multi-class losses (cross-entropy, focal, Poly-1, multi-class hinge) take logits ``input`` of shape
+``(N, C)`` or ``(N, C, d1, ...)`` (class axis is dim 1, like :func:`torch.nn.functional.cross_entropy`)
+and either class indices ``target`` of shape ``(N, d1, ...)`` (entries equal to ``ignore_index`` are
+ignored) or class probabilities of the input's shape. Binary / multi-label losses (sigmoid focal,
+asymmetric) take logits and 0/1 or soft targets of the same shape, an element-wise ``weight`` and a
+bool ``mask``; their ``'mean'`` is ``sum(w l) / sum(w)`` over unmasked elements.
 
 ``reduction='mean'`` follows torch's cross-entropy: with a per-class ``weight`` it is
 ``sum_i w_{y_i} l_i / sum_i w_{y_i}`` over the non-ignored elements. Unlike torch, an empty or
