@@ -296,7 +296,7 @@ def test_focal_gradcheck():
     assert_gradcheck(lambda a, q: LF.focal_loss(a, q, 1.0, 2.0), (x, probs), (0, 1))
 
 
-@pytest.mark.parametrize("gamma", [0.25, 0.5])
+@pytest.mark.parametrize("gamma", [0.01, 0.25, 0.5, 0.99])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_focal_finite_gradients_at_saturation(gamma, dtype):
     # p_t == 1 exactly (logit gap 200) and p_t = 1 - tiny; d/dp (1-p)^gamma is infinite there for gamma < 1
@@ -320,7 +320,7 @@ def test_focal_finite_gradients_at_saturation(gamma, dtype):
     assert not torch.isfinite(gn).all()
 
 
-@pytest.mark.parametrize("gamma", [0.25, 0.5])
+@pytest.mark.parametrize("gamma", [0.01, 0.25, 0.5, 0.99])
 def test_sigmoid_focal_finite_gradients_at_saturation(gamma):
     x = torch.tensor([200.0, -200.0, 40.0, -40.0, 17.0], requires_grad=True)
     t = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0])
@@ -918,7 +918,7 @@ def test_more_gradchecks():
         )
 
 
-@pytest.mark.parametrize("gamma", [0.25, 0.5])
+@pytest.mark.parametrize("gamma", [0.01, 0.25, 0.5, 0.99])
 def test_asymmetric_finite_gradients_at_saturation(gamma):
     # (1 - p) -> 0 for saturated positives, p_m -> 0 for negatives just above the clip
     x = torch.tensor([200.0, 40.0, -200.0, math.log(0.0500001 / 0.9499999), 3.0], requires_grad=True)
