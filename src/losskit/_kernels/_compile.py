@@ -31,25 +31,32 @@ from typing import Any
 
 import torch
 
-__all__ = ["compile_kernels_enabled", "run_kernel", "set_compile_kernels"]
+__all__ = ["compile_kernels_enabled", "compiled_keys", "run_kernel", "set_compile_kernels"]
 
 _ENABLED = os.environ.get("LOSSKIT_COMPILE_KERNELS", "1") not in ("0", "false", "False", "")
 _MIN_NUMEL = int(os.environ.get("LOSSKIT_COMPILE_MIN_NUMEL", str(1 << 18)))
+_BACKEND = os.environ.get("LOSSKIT_KERNEL_BACKEND", "inductor")
 _CACHE: dict[Hashable, Callable[..., Any]] = {}
 _EAGER: dict[Hashable, Callable[..., Any]] = {}
 _FAILED: set[Hashable] = set()
 
 
-def set_compile_kernels(enabled: bool, min_numel: int | None = None) -> None:
+def set_compile_kernels(enabled: bool, min_numel: int | None = None, backend: str | None = None) -> None:
     """Turn compilation of the fused kernels on or off (and optionally set the size threshold).
 
     With ``enabled=False`` every kernel runs its eager implementation. ``min_numel`` is the number
-    of input elements from which the compiled version is used.
+    of input elements from which the compiled version is used. ``backend`` is the
+    ``torch.compile`` backend (default ``'inductor'``, or ``LOSSKIT_KERNEL_BACKEND``); changing it
+    clears the cache of compiled kernels.
     """
-    global _ENABLED, _MIN_NUMEL
+    global _ENABLED, _MIN_NUMEL, _BACKEND
     _ENABLED = bool(enabled)
     if min_numel is not None:
         _MIN_NUMEL = int(min_numel)
+    if backend is not None and backend != _BACKEND:
+        _BACKEND = backend
+        _CACHE.clear()
+        _FAILED.clear()
 
 
 def compile_kernels_enabled() -> bool:
@@ -74,7 +81,7 @@ def run_kernel(key: Hashable, build: Callable[[], Callable[..., Any]], numel: in
         return _eager(key, build)(*args)
     fn = _CACHE.get(key)
     if fn is None:
-        fn = _CACHE[key] = torch.compile(build(), dynamic=True, fullgraph=True)
+        fn = _CACHE[key] = torch.compile(build(), dynamic=True, fullgraph=True, backend=_BACKEND)
     try:
         return fn(*args)
     except Exception as err:  # pragma: no cover - depends on the toolchain
@@ -86,3 +93,8 @@ def run_kernel(key: Hashable, build: Callable[[], Callable[..., Any]], numel: in
             stacklevel=3,
         )
         return _eager(key, build)(*args)
+
+
+def compiled_keys() -> list[Hashable]:
+    """Keys of the kernels compiled so far in this process (for tests and the benchmark)."""
+    return list(_CACHE)

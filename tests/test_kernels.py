@@ -1,0 +1,568 @@
+"""Fused kernels: values and gradients vs float64 formulas and vs the public eager losses, gradcheck,
+low precision, nothing saved for backward beyond the inputs, and the compiled path.
+
+The compiled path is exercised with the cheap ``aot_eager`` backend (it checks that each kernel traces
+as one graph with dynamic shapes); ``LOSSKIT_TEST_INDUCTOR=1`` also runs the Inductor (C++) build,
+which takes tens of seconds per kernel on a small CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import losskit.functional as LF
+from harness import assert_gradcheck, assert_matches_reference, extreme_logits
+from losskit._kernels import _compile
+from losskit._kernels.asymmetric import asymmetric, asymmetric_supports
+from losskit._kernels.distill import distill_supports, jsd_rows, kd_rows
+from losskit._kernels.overlap import class_sums, class_sums_supports
+from losskit._kernels.sigmoid_focal import sigmoid_focal, sigmoid_focal_supports
+from losskit._kernels.softmax_focal import softmax_focal_rows, softmax_focal_supports
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- float64 references
+
+
+def ref_sigmoid_focal(x, t, alpha, gamma, pos_weight, reduction):
+    p = torch.sigmoid(x)
+    pw = 1.0 if pos_weight is None else pos_weight
+    ce = -(pw * t * torch.log(p) + (1 - t) * torch.log(1 - p))
+    p_t = p * t + (1 - p) * (1 - t)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha is not None and alpha >= 0:
+        loss = loss * (alpha * t + (1 - alpha) * (1 - t))
+    return {"none": loss, "sum": loss.sum(), "mean": loss.mean()}[reduction]
+
+
+def ref_softmax_focal_rows(x, y, gamma, ignore_index, coef):
+    rows = []
+    for i in range(x.shape[0]):
+        if int(y[i]) == ignore_index:
+            rows.append(x[i].sum() * 0)
+            continue
+        c = int(y[i])
+        logp = torch.log(torch.exp(x[i]) / torch.exp(x[i]).sum())
+        k = 1.0 if coef is None else coef[c] if isinstance(coef, torch.Tensor) else coef
+        rows.append(-k * (1 - torch.exp(logp[c])) ** gamma * logp[c])
+    return torch.stack(rows)
+
+
+def ref_kd_rows(s, t, temperature, scale):
+    out = []
+    for i in range(s.shape[0]):
+        pt = torch.softmax(t[i] / temperature, 0)
+        ps = torch.softmax(s[i] / temperature, 0)
+        out.append(scale * (pt * (torch.log(pt) - torch.log(ps))).sum())
+    return torch.stack(out)
+
+
+def ref_jsd_rows(s, t, beta, temperature):
+    out = []
+    for i in range(s.shape[0]):
+        pt = torch.softmax(t[i] / temperature, 0)
+        ps = torch.softmax(s[i] / temperature, 0)
+        m = beta * pt + (1 - beta) * ps
+        out.append(beta * (pt * torch.log(pt / m)).sum() + (1 - beta) * (ps * torch.log(ps / m)).sum())
+    return torch.stack(out)
+
+
+def ref_class_sums(x, y, ignore_index, squared):
+    n, c = x.shape[:2]
+    p = torch.softmax(x, 1).reshape(n, c, -1)
+    yy = y.reshape(n, -1)
+    tp, ps, gs = [], [], []
+    for i in range(n):
+        valid = torch.ones_like(yy[i], dtype=torch.bool) if ignore_index is None else yy[i] != ignore_index
+        for k in range(c):
+            pk = p[i, k][valid]
+            hit = yy[i][valid] == k
+            tp.append(pk[hit].sum())
+            ps.append((pk * pk if squared else pk).sum())
+            gs.append(hit.sum().to(x.dtype))
+    shape = (n, c)
+    return torch.stack(tp).view(shape), torch.stack(ps).view(shape), torch.stack(gs).view(shape)
+
+
+def ref_asymmetric(x, t, gamma_neg, gamma_pos, clip, reduction):
+    p = torch.sigmoid(x)
+    pm = (p - clip).clamp_min(0)
+    loss = -t * (1 - p) ** gamma_pos * torch.log(p) - (1 - t) * pm**gamma_neg * torch.log(1 - pm)
+    return {"none": loss, "sum": loss.sum(), "mean": loss.mean()}[reduction]
+
+
+# ----------------------------------------------------------------------------- sigmoid focal
+
+
+SF_CASES = [
+    (0.25, 2.0, False, "mean"),
+    (0.25, 2.0, True, "none"),
+    (-1.0, 0.0, False, "sum"),
+    (0.6, 0.5, True, "sum"),
+    (None, 1.0, False, "mean"),
+    (0.25, 3.3, True, "none"),
+]
+
+
+@pytest.mark.parametrize(("alpha", "gamma", "use_pw", "reduction"), SF_CASES)
+def test_sigmoid_focal_matches_reference(alpha, gamma, use_pw, reduction):
+    x = torch.randn(12, 5, generator=gen(1)) * 3
+    t = torch.rand(12, 5, generator=gen(2))
+    t[:6] = (t[:6] > 0.5).float()
+    pw = torch.rand(5, generator=gen(3)) + 0.5 if use_pw else None
+
+    def fn(x, t, pw=pw):
+        return sigmoid_focal(x, t, alpha, gamma, pw, reduction)
+
+    def ref(x, t):
+        return ref_sigmoid_focal(x, t, alpha, gamma, None if pw is None else pw.double(), reduction)
+
+    assert_matches_reference(fn, ref, [x, t])
+    assert_gradcheck(
+        lambda x, t: sigmoid_focal(x, t, alpha, gamma, None if pw is None else pw.double(), reduction), [x, t]
+    )
+
+
+@pytest.mark.parametrize(("alpha", "gamma", "use_pw", "reduction"), SF_CASES)
+def test_sigmoid_focal_matches_public(alpha, gamma, use_pw, reduction):
+    x = torch.randn(9, 7, generator=gen(4)) * 4
+    t = (torch.rand(9, 7, generator=gen(5)) > 0.7).float()
+    pw = torch.rand(7, generator=gen(6)) + 0.5 if use_pw else None
+    a = -1.0 if alpha is None else alpha
+    assert sigmoid_focal_supports(x, t, pw, reduction=reduction)
+    assert_matches_reference(
+        lambda x: sigmoid_focal(x, t, a, gamma, pw, reduction),
+        lambda x: LF.sigmoid_focal_loss(
+            x, t.double(), a, gamma, reduction, pos_weight=None if pw is None else pw.double()
+        ),
+        [x],
+    )
+
+
+def test_sigmoid_focal_known_reductions():
+    x = torch.randn(6, 4, generator=gen(7)) * 5
+    t = (torch.rand(6, 4, generator=gen(8)) > 0.5).float()
+    pw = torch.tensor([1.0, 2.0, 0.5, 3.0])
+    torch.testing.assert_close(
+        sigmoid_focal(x, t, -1.0, 0.0, pw, "mean"), F.binary_cross_entropy_with_logits(x, t, pos_weight=pw)
+    )
+    assert sigmoid_focal(x[:0], t[:0], 0.25, 2.0, None, "mean").item() == 0.0
+
+
+def test_sigmoid_focal_gamma_below_one_saturated_is_finite():
+    x = torch.tensor([-200.0, -30.0, 0.0, 30.0, 200.0], requires_grad=True)
+    t = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0])
+    loss = sigmoid_focal(x, t, 0.25, 0.3, None, "sum")
+    (g,) = torch.autograd.grad(loss, x)
+    assert torch.isfinite(loss) and torch.isfinite(g).all()
+
+
+def test_sigmoid_focal_supports():
+    x, t = torch.randn(3, 4), torch.rand(3, 4)
+    assert sigmoid_focal_supports(x, t)
+    assert sigmoid_focal_supports(x, t, torch.ones(4), reduction="none")
+    assert not sigmoid_focal_supports(x, t, mask=torch.ones(3, 4, dtype=torch.bool))
+    assert not sigmoid_focal_supports(x, t, weight=torch.ones(3, 4))
+    assert not sigmoid_focal_supports(x, t, normalizer=2.0)
+    assert not sigmoid_focal_supports(x, t[:, :1])
+    assert not sigmoid_focal_supports(x, t, torch.ones(5))
+    assert not sigmoid_focal_supports(x, t.requires_grad_())
+    assert not sigmoid_focal_supports(x, torch.rand(3, 4), reduction="batchmean")
+    assert not sigmoid_focal_supports(x.int(), torch.rand(3, 4))
+
+
+# ----------------------------------------------------------------------------- softmax focal
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0, 3.5])
+@pytest.mark.parametrize("coef_kind", ["none", "scalar", "tensor"])
+def test_softmax_focal_rows_matches_reference(gamma, coef_kind):
+    x = torch.randn(10, 6, generator=gen(10)) * 3
+    y = torch.randint(0, 6, (10,), generator=gen(11))
+    y[[2, 7]] = -100
+    coef = {"none": None, "scalar": 0.7, "tensor": torch.rand(6, generator=gen(12)) + 0.1}[coef_kind]
+
+    def ref(x):
+        c = coef.double() if isinstance(coef, torch.Tensor) else coef
+        return ref_softmax_focal_rows(x, y, gamma, -100, c)
+
+    assert_matches_reference(lambda x: softmax_focal_rows(x, y, gamma, -100, coef), ref, [x])
+    c64 = coef.double() if isinstance(coef, torch.Tensor) else coef
+    assert_gradcheck(lambda x: softmax_focal_rows(x, y, gamma, -100, c64), [x])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("with_weights", [False, True])
+def test_softmax_focal_matches_public(reduction, with_weights):
+    n, c = 14, 5
+    x = torch.randn(n, c, generator=gen(13)) * 2
+    y = torch.randint(0, c, (n,), generator=gen(14))
+    y[[0, 5]] = 3  # ignore_index that is also a valid class
+    ii = 3
+    alpha = torch.rand(c, generator=gen(15)) + 0.2 if with_weights else None
+    weight = torch.rand(c, generator=gen(16)) + 0.2 if with_weights else None
+    assert softmax_focal_supports(x, y, coef=alpha)
+
+    def fn(x):
+        coef = None if alpha is None else alpha * weight
+        rows = softmax_focal_rows(x, y, 2.0, ii, coef)
+        if reduction == "none":
+            return rows
+        if reduction == "sum":
+            return rows.sum()
+        valid = y != ii
+        den = valid.sum() if weight is None else weight[y.clamp_max(c - 1)][valid].sum()
+        return rows.sum() / den
+
+    def public(x):
+        a = 1.0 if alpha is None else alpha.double()
+        w = None if weight is None else weight.double()
+        return LF.focal_loss(x, y, a, 2.0, reduction, weight=w, ignore_index=ii)
+
+    assert_matches_reference(fn, public, [x])
+
+
+def test_softmax_focal_gamma_zero_is_cross_entropy_and_all_ignored_is_zero():
+    x = torch.randn(8, 4, generator=gen(17))
+    y = torch.randint(0, 4, (8,), generator=gen(18))
+    torch.testing.assert_close(softmax_focal_rows(x, y, 0.0).mean(), F.cross_entropy(x, y))
+    xg = x.clone().requires_grad_()
+    rows = softmax_focal_rows(xg, torch.full((8,), -100), 2.0)
+    (g,) = torch.autograd.grad(rows.sum(), xg)
+    assert rows.abs().sum() == 0 and g.abs().sum() == 0
+
+
+def test_softmax_focal_saturated_gamma_below_one_is_finite():
+    x = torch.tensor([[200.0, -200.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    rows = softmax_focal_rows(x, torch.tensor([0, 1]), 0.5)
+    (g,) = torch.autograd.grad(rows.sum(), x)
+    assert torch.isfinite(rows).all() and torch.isfinite(g).all()
+
+
+def test_softmax_focal_supports():
+    x, y = torch.randn(4, 3), torch.randint(0, 3, (4,))
+    assert softmax_focal_supports(x, y)
+    assert not softmax_focal_supports(x, y, label_smoothing=0.1)
+    assert not softmax_focal_supports(x, torch.rand(4, 3))
+    assert not softmax_focal_supports(torch.randn(4, 3, 2), torch.randint(0, 3, (4, 2)))
+    assert not softmax_focal_supports(x, y, coef=torch.ones(4))
+
+
+# ----------------------------------------------------------------------------- KD / JSD
+
+
+@pytest.mark.parametrize(("temperature", "scale"), [(1.0, None), (4.0, None), (2.5, 1.0)])
+def test_kd_rows_matches_reference(temperature, scale):
+    s = torch.randn(7, 9, generator=gen(20)) * 3
+    t = torch.randn(7, 9, generator=gen(21)) * 3
+    sc = temperature**2 if scale is None else scale
+    assert_matches_reference(
+        lambda s, t: kd_rows(s, t, temperature, scale),
+        lambda s, t: ref_kd_rows(s, t, temperature, sc),
+        [s, t],
+        wrt=(0, 1),
+    )
+    assert_gradcheck(lambda s, t: kd_rows(s, t, temperature, scale), [s, t], wrt=(0, 1))
+
+
+@pytest.mark.parametrize(("beta", "temperature"), [(0.5, 1.0), (0.1, 2.0), (0.9, 0.7)])
+def test_jsd_rows_matches_reference(beta, temperature):
+    s = torch.randn(6, 8, generator=gen(22)) * 3
+    t = torch.randn(6, 8, generator=gen(23)) * 3
+    assert_matches_reference(
+        lambda s, t: jsd_rows(s, t, beta, temperature),
+        lambda s, t: ref_jsd_rows(s, t, beta, temperature),
+        [s, t],
+        wrt=(0, 1),
+    )
+    assert_gradcheck(lambda s, t: jsd_rows(s, t, beta, temperature), [s, t], wrt=(0, 1))
+
+
+@pytest.mark.parametrize("reduction", ["batchmean", "sum", "none"])
+def test_kd_matches_public(reduction):
+    s = torch.randn(11, 6, generator=gen(24)) * 2
+    t = torch.randn(11, 6, generator=gen(25)) * 2
+
+    def fn(s, t):
+        rows = kd_rows(s, t, 3.0)
+        return {"batchmean": rows.sum() / s.shape[0], "sum": rows.sum(), "none": rows}[reduction]
+
+    assert_matches_reference(fn, lambda s, t: LF.kd_loss(s, t, 3.0, reduction), [s, t], wrt=(0, 1))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
+def test_jsd_matches_public(beta):
+    s = torch.randn(3, 4, 10, generator=gen(26)) * 2
+    t = torch.randn(3, 4, 10, generator=gen(27)) * 2
+
+    def fn(s, t):
+        s2, t2 = s.reshape(-1, 10), t.reshape(-1, 10)
+        if beta == 0.0:
+            rows = kd_rows(s2, t2, 1.5, 1.0)
+        elif beta == 1.0:
+            rows = kd_rows(t2, s2, 1.5, 1.0)  # reverse KL(p_S || p_T)
+        else:
+            rows = jsd_rows(s2, t2, beta, 1.5)
+        return rows.mean()
+
+    assert_matches_reference(fn, lambda s, t: LF.jsd_loss(s, t, beta, 1.5), [s, t], wrt=(0, 1))
+
+
+def test_distill_supports():
+    a = torch.randn(3, 4)
+    assert distill_supports(a, a)
+    assert not distill_supports(a, a.double())
+    assert not distill_supports(a.view(3, 2, 2), a.view(3, 2, 2))
+
+
+# ----------------------------------------------------------------------------- Dice / Tversky sums
+
+
+@pytest.mark.parametrize("ignore_index", [None, 255])
+@pytest.mark.parametrize("squared", [False, True])
+def test_class_sums_matches_reference(ignore_index, squared):
+    x = torch.randn(2, 3, 4, 5, generator=gen(30)) * 2
+    y = torch.randint(0, 3, (2, 4, 5), generator=gen(31))
+    if ignore_index is not None:
+        y[0, :2] = ignore_index
+        y[1] = ignore_index  # a fully ignored image
+    for k in range(2):
+        assert_matches_reference(
+            lambda x, k=k: class_sums(x, y, ignore_index, squared)[k],
+            lambda x, k=k: ref_class_sums(x, y, ignore_index, squared)[k],
+            [x],
+        )
+    torch.testing.assert_close(
+        class_sums(x, y, ignore_index, squared)[2],
+        ref_class_sums(x.double(), y, ignore_index, squared)[2].float(),
+    )
+
+    def combo(x):
+        tp, ps, _ = class_sums(x, y, ignore_index, squared)
+        return (tp * tp).sum() + (ps * torch.arange(3.0, dtype=x.dtype)).sum()
+
+    assert_gradcheck(combo, [x])
+
+
+def _dice_from_sums(tp, ps, gs, tp_coef, alpha, beta, eps=1e-7, smooth=0.0, empty_smooth=1.0):
+    """The public Dice/Tversky index (segmentation module docstring) written on the sums."""
+    fp, fn = ps - tp, gs - tp
+    num = tp_coef * tp
+    den = num + alpha * fp + beta * fn
+    s = torch.where(gs <= 0, torch.full_like(num, empty_smooth), torch.full_like(num, smooth))
+    return (1 - (num + s) / (den + s).clamp_min(eps)).mean()
+
+
+@pytest.mark.parametrize("which", ["dice", "tversky"])
+@pytest.mark.parametrize("ignore_index", [None, 0])
+def test_class_sums_give_public_dice_and_tversky(which, ignore_index):
+    x = torch.randn(3, 4, 6, 6, generator=gen(32)) * 2
+    y = torch.randint(0, 4, (3, 6, 6), generator=gen(33))
+    y[0, 0] = 3
+    y[2] = 1  # classes absent from an image: the empty-mask rule
+    assert class_sums_supports(x, y)
+    coefs = (2.0, 1.0, 1.0) if which == "dice" else (1.0, 0.3, 0.7)
+
+    def fn(x):
+        return _dice_from_sums(*class_sums(x, y, ignore_index), *coefs)
+
+    def public(x):
+        if which == "dice":
+            return LF.dice_loss(x, y, ignore_index=ignore_index)
+        return LF.tversky_loss(x, y, alpha=0.3, beta=0.7, ignore_index=ignore_index)
+
+    assert_matches_reference(fn, public, [x])
+
+
+def test_class_sums_supports():
+    x = torch.randn(2, 3, 4, 4)
+    assert class_sums_supports(x, torch.randint(0, 3, (2, 4, 4)))
+    assert not class_sums_supports(x, torch.rand(2, 3, 4, 4))
+    assert not class_sums_supports(torch.randn(2, 3), torch.randint(0, 3, (2,)))
+
+
+# ----------------------------------------------------------------------------- ASL
+
+
+ASL_CASES = [
+    (4.0, 0.0, 0.05, "mean"),
+    (4.0, 1.0, 0.05, "sum"),
+    (0.5, 0.5, 0.0, "none"),
+    (2.5, 1.5, 0.2, "none"),
+]
+
+
+@pytest.mark.parametrize(("gamma_neg", "gamma_pos", "clip", "reduction"), ASL_CASES)
+def test_asymmetric_matches_reference_and_public(gamma_neg, gamma_pos, clip, reduction):
+    x = torch.randn(9, 6, generator=gen(40)) * 3
+    t = torch.rand(9, 6, generator=gen(41))
+    t[:5] = (t[:5] > 0.6).float()
+    assert asymmetric_supports(x, t, reduction=reduction)
+
+    def fn(x):
+        return asymmetric(x, t, gamma_neg, gamma_pos, clip, reduction)
+
+    assert_matches_reference(
+        fn, lambda x: ref_asymmetric(x, t.double(), gamma_neg, gamma_pos, clip, reduction), [x]
+    )
+    assert_matches_reference(
+        fn, lambda x: LF.asymmetric_loss(x, t.double(), gamma_neg, gamma_pos, clip, reduction), [x]
+    )
+    assert_gradcheck(lambda x: asymmetric(x, t.double(), gamma_neg, gamma_pos, clip, reduction), [x])
+
+
+# ----------------------------------------------------------------------------- cross-cutting
+
+
+def _calls():
+    """One representative call per kernel: (name, fn(x) -> scalar, x, extra inputs)."""
+    g = gen(50)
+    x2 = torch.randn(16, 10, generator=g)
+    t2 = (torch.rand(16, 10, generator=g) > 0.5).float()
+    y1 = torch.randint(0, 10, (16,), generator=g)
+    x4 = torch.randn(2, 3, 8, 8, generator=g)
+    y3 = torch.randint(0, 3, (2, 8, 8), generator=g)
+    te = torch.randn(16, 10, generator=g).bfloat16().float()  # exact in bf16
+    return [
+        ("sigmoid_focal", lambda x: sigmoid_focal(x, t2.to(x.dtype), 0.25, 2.0, None, "mean"), x2),
+        ("softmax_focal", lambda x: softmax_focal_rows(x, y1, 2.0).mean(), x2),
+        ("kd", lambda x: kd_rows(x, te.to(x.dtype), 4.0).mean(), x2),
+        ("jsd", lambda x: jsd_rows(x, te.to(x.dtype), 0.5).mean(), x2),
+        ("asymmetric", lambda x: asymmetric(x, t2.to(x.dtype), reduction="mean"), x2),
+        ("class_sums", lambda x: sum(s.sum() for s in class_sums(x, y3)[:2]) / 100, x4),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_nothing_saved_beyond_inputs(case):
+    name, fn, x = _calls()[case]
+    x = x.clone().requires_grad_()
+    extra = []
+
+    def pack(t):
+        extra.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = fn(x)
+    big = [
+        t for t in extra if t.numel() > 1 and t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+    ]
+    # what the kernel saves are its own inputs (the logits and the target/teacher tensors given to it)
+    for t in big:
+        assert t.shape in (x.shape, x.shape[:1], (x.shape[0], *x.shape[2:])), f"{name} saved {tuple(t.shape)}"
+    (g,) = torch.autograd.grad(loss, x)
+    assert torch.isfinite(g).all()
+
+
+def test_sigmoid_focal_saves_exactly_its_inputs():
+    x = torch.randn(32, 8, requires_grad=True)
+    t = torch.rand(32, 8)
+    pw = torch.rand(8)
+    seen = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda a: seen.append(a) or a, lambda a: a):
+        sigmoid_focal(x, t, 0.25, 2.0, pw, "none")
+    inputs = {x.untyped_storage().data_ptr(), t.untyped_storage().data_ptr(), pw.untyped_storage().data_ptr()}
+    assert seen and {a.untyped_storage().data_ptr() for a in seen} <= inputs
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", range(6))
+def test_low_precision_extreme_logits(dtype, case):
+    name, fn, x = _calls()[case]
+    x = extreme_logits(tuple(x.shape), dtype, seed=case).requires_grad_()
+    loss = fn(x)
+    assert loss.dtype == torch.float32, name
+    (g,) = torch.autograd.grad(loss, x)
+    assert g.dtype == dtype and torch.isfinite(loss) and torch.isfinite(g).all(), name
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_half_matches_float32(case):
+    name, fn, x = _calls()[case]
+    xh = x.to(torch.bfloat16)
+    a = fn(xh.clone().requires_grad_())
+    b = fn(xh.float().requires_grad_())
+    torch.testing.assert_close(a, b, msg=name)
+
+
+def test_compile_switch_and_threshold(monkeypatch):
+    assert _compile.compile_kernels_enabled() == _compile._ENABLED
+    monkeypatch.setattr(_compile, "_ENABLED", True)
+    monkeypatch.setattr(_compile, "_MIN_NUMEL", 10**9)
+    calls = []
+    out = _compile.run_kernel(("probe",), lambda: lambda a: calls.append(1) or a + 1, 10, torch.ones(2))
+    assert calls and out.tolist() == [2.0, 2.0] and ("probe",) not in _compile.compiled_keys()
+    _compile.set_compile_kernels(False)
+    try:
+        assert not _compile.compile_kernels_enabled()
+    finally:
+        _compile.set_compile_kernels(True)
+
+
+def _compiled_path_matches(backend: str, names: tuple[str, ...] | None = None) -> None:
+    saved = (_compile._ENABLED, _compile._MIN_NUMEL, _compile._BACKEND)
+    _compile.set_compile_kernels(True, min_numel=0, backend=backend)
+    try:
+        for name, fn, x in _calls():
+            if names is not None and name not in names:
+                continue
+            for shape_scale in (1, 2):  # a second batch size must not need a new kernel
+                xs = torch.cat([x] * shape_scale)[: x.shape[0]] if shape_scale == 1 else x
+                a, ga = _value_grad(fn, xs)
+                _compile.set_compile_kernels(False)
+                b, gb = _value_grad(fn, xs)
+                _compile.set_compile_kernels(True, min_numel=0, backend=backend)
+                torch.testing.assert_close(a, b, msg=name)
+                torch.testing.assert_close(ga, gb, msg=name)
+        assert _compile.compiled_keys(), "nothing was compiled"
+        assert not _compile._FAILED, f"compilation failed for {_compile._FAILED}"
+    finally:
+        _compile.set_compile_kernels(saved[0], min_numel=saved[1], backend=saved[2])
+
+
+def _value_grad(fn, x):
+    x = x.clone().requires_grad_()
+    v = fn(x)
+    (g,) = torch.autograd.grad(v, x)
+    return v.detach(), g
+
+
+SLOW_COMPILE = pytest.mark.skipif(
+    os.environ.get("LOSSKIT_TEST_INDUCTOR") != "1",
+    reason="compiles every kernel: set LOSSKIT_TEST_INDUCTOR=1",
+)
+
+
+def test_compiled_path_traces_fullgraph_dynamic():
+    """Kernels trace as one graph with dynamic shapes (aot_eager backend; two kernels by default)."""
+    _compiled_path_matches("aot_eager", ("sigmoid_focal", "softmax_focal"))
+
+
+@SLOW_COMPILE
+def test_compiled_path_all_kernels_aot_eager():
+    _compiled_path_matches("aot_eager")
+
+
+@SLOW_COMPILE
+def test_compiled_path_inductor():
+    _compiled_path_matches("inductor")
+
+
+def test_kernel_under_outer_compile_runs_eagerly():
+    x = torch.randn(6, 5)
+    t = (torch.rand(6, 5) > 0.5).float()
+    fn = torch.compile(
+        lambda x: sigmoid_focal(x, t, 0.25, 2.0, None, "mean"), backend="aot_eager", fullgraph=True
+    )
+    torch.testing.assert_close(fn(x), sigmoid_focal(x, t, 0.25, 2.0, None, "mean"))
+    assert not sigmoid_focal_supports(x, t) or not torch.compiler.is_compiling()
+    assert math.isfinite(float(fn(x)))
