@@ -58,18 +58,22 @@ def saved_bytes(fn: Callable, logits: torch.Tensor, target: torch.Tensor) -> int
     return sum(seen.values())
 
 
-def time_fwd_bwd(fn: Callable, logits: torch.Tensor, target: torch.Tensor, runs: int, warmup: int) -> float:
+def time_fwd_bwd(
+    fns: list[Callable], logits: torch.Tensor, target: torch.Tensor, runs: int, warmup: int
+) -> list[float]:
+    """Median forward+backward seconds of each function, runs interleaved round-robin so that load
+    changes on a shared machine hit every implementation alike."""
     x = logits.detach().requires_grad_(True)
-    for _ in range(warmup):
-        fn(x, target).backward()
-        x.grad = None
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn(x, target).backward()
-        times.append(time.perf_counter() - t0)
-        x.grad = None
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(warmup + runs):
+        for k, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn(x, target).backward()
+            dt = time.perf_counter() - t0
+            x.grad = None
+            if r >= warmup:
+                times[k].append(dt)
+    return [statistics.median(t) for t in times]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,15 +98,14 @@ def main(argv: list[str] | None = None) -> None:
         ("losskit dice_loss", losskit_dice),
         ("F.cross_entropy", cross_entropy),
     ]
-    rows = []
-    for name, fn in impls:
-        ms = 1e3 * time_fwd_bwd(fn, logits, target, args.runs, args.warmup)
-        mb = saved_bytes(fn, logits, target) / 2**20
-        rows.append((name, ms, mb))
+    medians = time_fwd_bwd([fn for _, fn in impls], logits, target, args.runs, args.warmup)
+    rows = [
+        (name, 1e3 * sec, saved_bytes(fn, logits, target) / 2**20) for (name, fn), sec in zip(impls, medians)
+    ]
     base_ms, base_mb = rows[0][1], rows[0][2]
     print(
         f"Dice forward+backward, multiclass, class-index target, input {tuple(args.shape)} float32, CPU, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.runs} runs "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.runs} interleaved runs "
         f"after {args.warmup} warm-up\n"
     )
     print("| implementation | time (ms) | time vs eager | saved for backward (MiB) | memory vs eager |")

@@ -231,9 +231,10 @@ def _overlap_stats(
                 p_true = flat_p.gather(1, idx.unsqueeze(1)).squeeze(1)
                 tp = flat_p.new_zeros(n, num_classes).scatter_add(1, idx, p_true)
                 psum = _power_sum(flat_p, squared, (2,))
-            ones = (
-                torch.ones(n, size, dtype=dtype, device=x.device) if valid is None else flat_valid.to(dtype)
-            )
+            if valid is None:
+                ones = torch.ones((), dtype=dtype, device=x.device).expand(n, size)
+            else:
+                ones = flat_valid.to(dtype)
             gsum = torch.zeros(n, num_classes, dtype=dtype, device=x.device).scatter_add(1, idx, ones)
     else:
         if ignore_index is not None:
@@ -293,18 +294,22 @@ class _SoftmaxIndexSums(torch.autograd.Function):
             g_ps = p.new_zeros(p.shape[:2])
         if g_tp is None:
             g_tp = p.new_zeros(p.shape[:2])
-        a = g_ps.unsqueeze(2)
-        if ctx.squared:
-            a = 2.0 * a * (p if m is None else p * m)
-        if m is not None:
-            a = a * m
         coef = g_tp.gather(1, idx.squeeze(1)).unsqueeze(1)  # dL/dTP at each position's class
         if m is not None:
             coef = coef * m
-        p_true = p.gather(1, idx)
-        dot = (p * a).sum(1, keepdim=True) + p_true * coef
-        grad = p * (a - dot)
-        grad = grad.scatter_add(1, idx, p_true * coef)
+        p_true_coef = p.gather(1, idx) * coef
+        a = g_ps.unsqueeze(2)
+        if ctx.squared or m is not None:
+            if ctx.squared:
+                a = 2.0 * a * (p if m is None else p * m)
+            if m is not None:
+                a = a * m
+            dot = (p * a).sum(1, keepdim=True)
+        else:
+            # A_c = dL/d(sum p)_c is the same at every position: sum_c p_c A_c is one batched matmul
+            dot = torch.bmm(g_ps.unsqueeze(1), p)
+        grad = torch.sub(a, dot.add_(p_true_coef)).mul_(p)
+        grad.scatter_add_(1, idx, p_true_coef)
         return grad, None, None, None
 
 
