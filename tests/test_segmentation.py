@@ -687,3 +687,28 @@ def test_dice_plus_cross_entropy_recipe():
     expected = float(make_ref("dice", "multiclass")(x, t)) + ce
     assert abs(float(total) - expected) < 1e-5
     assert set(loss_fn.last_terms) == {"dice", "cross_entropy"}
+
+
+# ---------------------------------------------------------------- fused class-index path
+
+
+def test_fused_path_layouts_and_saved_memory():
+    x, t = data("multiclass", (2, 3, 8, 8), seed=21)
+    ref = make_ref("dice", "multiclass")
+    # non-contiguous (channels_last) logits give the reference value and gradient
+    assert_matches_reference(
+        lambda a, b: LF.dice_loss(a.contiguous(memory_format=torch.channels_last), b), ref, (x, t)
+    )
+    # backward keeps the probabilities (fp32) and one byte per position, no one-hot or int64 index
+    storages: dict[int, int] = {}
+
+    def pack(s):
+        storages[s.untyped_storage().data_ptr()] = s.untyped_storage().nbytes()
+        return s
+
+    xg = x.clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda s: s):
+        loss = LF.dice_loss(xg, t)
+    loss.backward()
+    budget = x.numel() * 4 + t.numel() * 1 + 4096  # p, uint8 indices, small (N, C) tensors
+    assert sum(storages.values()) <= budget, storages
