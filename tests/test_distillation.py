@@ -672,3 +672,18 @@ def test_registry():
         assert isinstance(losskit.build(name), cls)
     assert losskit.build("dkd", beta=2.0).beta == 2.0
     assert losskit.build({"name": "jsd", "beta": 0.1}).beta == 0.1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_distillation_loss_low_precision_extremes(dtype):
+    s = extreme_logits((6, 5), dtype, 8).requires_grad_(True)
+    t = extreme_logits((6, 5), dtype, 9)
+    y = _labels(6, 5, 9)
+    for module in (losskit.DistillationLoss(), losskit.KDLoss(), losskit.DKDLoss()):
+        loss = module(s, t, y) if not isinstance(module, losskit.KDLoss) else module(s, t)
+        assert loss.dtype == torch.float32
+        assert_finite_with_grads(loss, s)
+    proj = losskit.FeatureDistillationLoss(5, 3)
+    loss = proj(s, extreme_logits((6, 3), dtype, 10))
+    assert loss.dtype == torch.float32
+    assert_finite_with_grads(loss, s)

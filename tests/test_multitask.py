@@ -14,6 +14,7 @@ from harness import (
     assert_compiles,
     assert_connected_zero,
     assert_finite_with_grads,
+    assert_gradcheck,
     assert_matches_reference,
     assert_module_matches,
     roundtrip_modules,
@@ -173,7 +174,7 @@ def test_uncertainty_value_and_gradients(form):
     total, w = weighting(L)
     c = 0.5 if form == "half" else 1.0
     expected = sum(c * math.exp(-float(s0[k])) * float(L.detach()[k]) + c * float(s0[k]) for k in range(3))
-    assert abs(float(total) - expected) < 1e-12
+    assert abs(float(total.detach()) - expected) < 1e-12
     total.backward()
     for k in range(3):
         e = math.exp(-float(s0[k]))
@@ -271,7 +272,7 @@ def test_gls_value_gradient_and_zero_loss():
     L = torch.tensor([0.5, 2.0, 8.0], dtype=torch.float64, requires_grad=True)
     total, w = GeometricLossStrategy(3)(L)
     expected = (0.5 * 2.0 * 8.0) ** (1 / 3)
-    assert abs(float(total) - expected) < 1e-12
+    assert abs(float(total.detach()) - expected) < 1e-12
     total.backward()
     for k, v in enumerate((0.5, 2.0, 8.0)):
         assert abs(float(L.grad[k]) - expected / (3 * v)) < 1e-12
@@ -476,3 +477,26 @@ def test_registry():
     g = losskit.build("multitask", tasks={"x": "huber", "y": "l1"}, weighting="dwa")
     assert isinstance(g.weighting, DWA) and g.task_names == ["x", "y"]
     assert isinstance(MultiTaskLoss(weighting=FixedWeighting([1, 2, 3])).weighting, FixedWeighting)
+
+
+def test_gradcheck_weightings():
+    L = torch.tensor([0.7, 2.0, 5.0], dtype=torch.float64)
+    unc = UncertaintyWeighting(3).double()
+    assert_gradcheck(lambda x: unc(x)[0], (L,))
+    assert_gradcheck(
+        lambda s: 0.5 * (torch.exp(-s) * L).sum() + 0.5 * s.sum(), (torch.tensor([0.1, -0.3, 0.5]),)
+    )
+    assert_gradcheck(lambda x: GeometricLossStrategy(3)(x)[0], (L,))
+    assert_gradcheck(lambda x: DWA(3)(x)[0], (L,))
+    assert_gradcheck(lambda x: FixedWeighting([1.0, 0.5, 2.0]).double()(x)[0], (L,))
+
+
+def test_dwa_does_not_record_validation():
+    dwa = DWA(2)
+    dwa(torch.tensor([1.0, 2.0]))
+    with torch.no_grad():
+        dwa(torch.tensor([100.0, 100.0]))  # validation in train mode but without gradients
+    dwa.eval()
+    dwa(torch.tensor([100.0, 100.0]))
+    assert int(dwa.epoch_steps) == 1
+    torch.testing.assert_close(dwa.epoch_sum, torch.tensor([1.0, 2.0], dtype=torch.float64))

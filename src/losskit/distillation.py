@@ -132,7 +132,9 @@ def kd_loss(
             ``'batchmean'`` (sum / ``N``, where ``N`` is the size of dim 0: torch's ``batchmean``),
             ``'mean'`` (mean over rows, i.e. over samples *and* positions — not torch's ``'mean'``, which
             also divides by ``C``), ``'sum'``, or ``'none'`` (the rows). For token-level logits
-            ``'mean'`` is the per-token mean; ``'batchmean'`` grows with the sequence length.
+            ``'mean'`` is the per-token mean; ``'batchmean'`` grows with the sequence length. For
+            token-level distillation with padding, :func:`jsd_loss` with ``beta=0`` is the same forward
+            KL per token with ``ignore_index`` (times ``T^2`` to match this function).
         dim: the class axis.
 
     Example:

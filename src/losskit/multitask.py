@@ -153,7 +153,8 @@ class DWA(Weighting):
 
     where ``\bar L_k(e)`` is task ``k``'s mean loss over the training steps of epoch ``e`` and ``T = 2``.
     The weights are 1 during the first two epochs. The module records the task losses of every forward in
-    training mode (put the loss in ``eval()`` mode for validation) and **you must call**
+    training mode with gradients enabled (validation under ``torch.no_grad()`` or in ``eval()`` mode is not
+    recorded) and **you must call**
     ``epoch_end()`` (or :meth:`MultiTaskLoss.epoch_end`) at the end of every epoch. The epoch means and the
     counters are buffers, so they are saved in ``state_dict``.
 
@@ -181,7 +182,7 @@ class DWA(Weighting):
         return torch.where(self.epochs >= 2, w, torch.ones_like(w))
 
     def forward(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.training:
+        if self.training and torch.is_grad_enabled():
             with torch.no_grad():
                 self.epoch_sum += losses.detach().to(torch.float64)
                 self.epoch_steps += 1
