@@ -1,0 +1,158 @@
+"""Measurement primitives of ``losskit bench``: timing, bytes held for backward, peak memory.
+
+* **Time**: forward (the loss call, graph recording included) and backward (``loss.backward()``)
+  are timed separately on each run; every variant of a case runs once per round, interleaved, so
+  load from other processes hits them alike. Warm-up rounds first (they also trigger any kernel
+  compilation), then the median of ``repeat`` rounds.
+* **Bytes held for backward**: every tensor autograd saves goes through
+  ``torch.autograd.graph.saved_tensors_hooks``; the unique storages are summed by ``nbytes``,
+  **except storages of the loss's own inputs** (logits, targets, teacher logits: tensors the
+  caller holds anyway). An upcast copy of an input or any intermediate is counted. Custom autograd
+  Functions that stash tensors on ``ctx`` as attributes would escape the hooks; losskit's kernels
+  keep only Python numbers there.
+* **Peak memory growth**: measured in a fresh ``python`` subprocess per (case, variant, shape) with
+  glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed (large blocks are returned to the OS on free): the
+  process builds the inputs, runs one warm-up forward+backward (compilation happens there), frees
+  it, resets the peak RSS (``/proc/self/clear_refs``), runs one forward+backward and reports
+  ``VmHWM - VmRSS(before)``. Linux only; ``None`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+__all__ = ["held_bytes", "peak_growth_subprocess", "time_variants"]
+
+
+def _grad_leaves(args: Sequence[Any], grad_idx: Sequence[int]) -> list[Any]:
+    out = list(args)
+    for i in grad_idx:
+        out[i] = args[i].detach().clone().requires_grad_(True)
+    return out
+
+
+def _clear(args: Sequence[Any], grad_idx: Sequence[int]) -> None:
+    for i in grad_idx:
+        args[i].grad = None
+
+
+def time_variants(
+    fns: dict[str, Callable[..., torch.Tensor]],
+    args: Sequence[Any],
+    grad_idx: Sequence[int],
+    *,
+    repeat: int = 10,
+    warmup: int = 2,
+) -> dict[str, dict[str, float]]:
+    """Median forward / backward / total milliseconds of each function, interleaved rounds."""
+    leaves = _grad_leaves(args, grad_idx)
+    times: dict[str, dict[str, list[float]]] = {k: {"fwd": [], "bwd": [], "total": []} for k in fns}
+    for rnd in range(warmup + repeat):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            loss = fn(*leaves)
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            _clear(leaves, grad_idx)
+            del loss
+            if rnd >= warmup:
+                times[name]["fwd"].append((t1 - t0) * 1e3)
+                times[name]["bwd"].append((t2 - t1) * 1e3)
+                times[name]["total"].append((t2 - t0) * 1e3)
+    return {k: {m: statistics.median(v) for m, v in d.items()} for k, d in times.items()}
+
+
+def held_bytes(fn: Callable[..., torch.Tensor], args: Sequence[Any], grad_idx: Sequence[int]) -> int:
+    """Bytes of the unique storages saved for backward, the inputs' own storages excluded."""
+    leaves = _grad_leaves(args, grad_idx)
+    inputs = {a.untyped_storage().data_ptr() for a in leaves if isinstance(a, torch.Tensor)}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        ptr = st.data_ptr()
+        if ptr not in inputs and st.nbytes() > 0:
+            seen[ptr] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = fn(*leaves)
+    loss.backward()
+    return sum(seen.values())
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        m = re.search(rf"^{field}:\s+(\d+)\s+kB", f.read(), re.M)
+    return int(m.group(1)) if m else -1
+
+
+def child_peak(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run inside the fresh subprocess: see the module docstring."""
+    from .cases import get_case, load_extra
+
+    torch.set_num_threads(int(spec["threads"]))
+    for extra in spec.get("extra", []):
+        load_extra(extra)
+    case = get_case(spec["case"])
+    variant = next(v for v in case.variants() if v.name == spec["variant"])
+    fn = variant.fn
+    if fn is None:
+        return {"peak_bytes": None}
+    args, grad_idx = case.make(tuple(spec["shape"]), getattr(torch, spec["dtype"]), 0)
+    leaves = _grad_leaves(args, grad_idx)
+    fn(*leaves).backward()
+    _clear(leaves, grad_idx)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_kb("VmRSS")
+    fn(*leaves).backward()
+    after = _status_kb("VmHWM")
+    return {"peak_bytes": max(after - before, 0) * 1024}
+
+
+def peak_growth_subprocess(
+    case: str, variant: str, shape: Sequence[int], dtype: str, threads: int, extra: Sequence[str] = ()
+) -> int | None:
+    """Peak RSS growth of one forward+backward, in a fresh process (``None`` if unavailable)."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        return None
+    spec = {
+        "case": case,
+        "variant": variant,
+        "shape": list(shape),
+        "dtype": dtype,
+        "threads": threads,
+        "extra": list(extra),
+    }
+    code = (
+        "import json, sys; from losskit.bench.measure import child_peak; "
+        "print('LOSSKIT_PEAK ' + json.dumps(child_peak(json.loads(sys.argv[1]))))"
+    )
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in proc.stdout.splitlines():
+        if line.startswith("LOSSKIT_PEAK "):
+            return json.loads(line[len("LOSSKIT_PEAK ") :])["peak_bytes"]
+    return None

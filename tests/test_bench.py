@@ -1,0 +1,83 @@
+"""Smoke tests of ``losskit bench`` (tiny shapes; no test looks at wall-clock values)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import torch
+
+from losskit.bench import CASES, cli
+from losskit.bench.measure import held_bytes, peak_growth_subprocess
+
+ROLES = {"losskit", "kernel", "eager", "native", "peer"}
+
+
+def test_quick_run_structure():
+    report = cli.run(quick=True, only=["sigmoid_focal", "dice"], repeat=1, peak=False)
+    assert report["meta"]["torch"] == torch.__version__ and report["meta"]["threads"] == 2
+    assert [c["case"] for c in report["cases"]] == ["sigmoid_focal", "dice"]
+    for rec in report["cases"]:
+        assert rec["shape"] == list(CASES[rec["case"]].quick_shape)
+        roles = [r["role"] for r in rec["rows"]]
+        assert {"losskit", "kernel", "eager", "native"} <= set(roles) <= ROLES
+        for r in rec["rows"]:
+            assert r["total_ms"] > 0 and r["forward_ms"] >= 0 and r["backward_ms"] >= 0
+            assert r["held_bytes"] >= 0 and r["peak_bytes"] is None
+        eager = next(r for r in rec["rows"] if r["role"] == "eager")
+        native = next(r for r in rec["rows"] if r["role"] == "native")
+        assert eager["vs_eager"] == 1.0 and native["vs_native"] == 1.0
+        kernel = next(r for r in rec["rows"] if r["role"] == "kernel")
+        assert kernel["held_bytes"] < eager["held_bytes"]
+    md = cli.to_markdown(report)
+    assert "#### sigmoid_focal — shape (64x32), float32, 2 threads" in md
+    assert "| variant | role | fwd ms | bwd ms | total ms | vs eager | vs native | held | peak |" in md
+
+
+def test_cli_main_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = cli.main(["--quick", "--only", "focal", "--repeat", "1", "--no-peak", "--json", str(out)])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert data["cases"][0]["case"] == "focal" and data["scaling"] == []
+    assert "#### focal" in capsys.readouterr().out
+
+
+def test_held_bytes_rule():
+    x = torch.randn(8, 4)
+    # exp saves its output (a new storage): counted; inputs are never counted
+    assert held_bytes(lambda a: a.exp().sum(), (x,), (0,)) == 8 * 4 * 4
+    assert held_bytes(lambda a: (a * a).sum(), (x,), (0,)) == 0
+
+
+def test_extra_cases_hook(tmp_path):
+    path = tmp_path / "bench_extra.py"
+    path.write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from losskit.bench.cases import Case, Variant, make_binary
+
+            def bench_cases():
+                def variants():
+                    return [
+                        Variant("mine", "losskit", lambda x, t: (x - t).square().mean()),
+                        Variant("mse", "native", torch.nn.functional.mse_loss),
+                    ]
+                return [Case("extra_mse", make_binary, (8, 8), (4, 4), variants)]
+            """
+        )
+    )
+    try:
+        report = cli.run(quick=True, only=["extra_mse"], repeat=1, peak=False, extra=[str(path)])
+        assert [r["variant"] for r in report["cases"][0]["rows"]] == ["mine", "mse"]
+    finally:
+        CASES.pop("extra_mse", None)
+
+
+def test_peak_growth_in_fresh_process():
+    # the eager composition keeps several (1024, 256) float32 temporaries (1 MiB each) alive
+    peak = peak_growth_subprocess("sigmoid_focal", "eager (torchvision formula)", (1024, 256), "float32", 1)
+    if peak is None:  # no /proc/self/clear_refs (not Linux)
+        return
+    assert peak >= 2 * 1024 * 1024
