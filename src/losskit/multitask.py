@@ -291,15 +291,25 @@ class GradNorm(Weighting):
     are the losses of the first :meth:`MultiTaskLoss.backward` call (a buffer).
 
     Training step: call ``mtl.backward(loss, shared_parameters=...)`` instead of ``loss.backward()`` and
-    give ``mtl.parameters()`` (the weights) to an optimizer::
+    give ``mtl.parameters()`` (the weights) to an optimizer.
 
-        mtl = MultiTaskLoss(tasks={"a": nn.MSELoss(), "b": nn.MSELoss()}, weighting="gradnorm")
-        opt = torch.optim.Adam([*model.parameters(), *mtl.parameters()], lr=1e-3)
-        for x, targets in loader:
-            loss = mtl(model(x), targets)
-            opt.zero_grad()
-            mtl.backward(loss, shared_parameters=model.trunk[-1].weight)  # network + weight grads
-            opt.step()
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> trunk, head_a, head_b = nn.Linear(4, 8), nn.Linear(8, 1), nn.Linear(8, 1)
+        >>> mtl = MultiTaskLoss(tasks={"a": nn.MSELoss(), "b": nn.MSELoss()}, weighting="gradnorm")
+        >>> params = [*trunk.parameters(), *head_a.parameters(), *head_b.parameters()]
+        >>> opt = torch.optim.Adam([*params, *mtl.parameters()], lr=1e-2)
+        >>> x = torch.randn(32, 4)
+        >>> targets = {"a": torch.randn(32, 1), "b": 100 * torch.randn(32, 1)}  # very different scales
+        >>> for step in range(50):
+        ...     h = trunk(x)
+        ...     loss = mtl({"a": head_a(h), "b": head_b(h)}, targets)
+        ...     opt.zero_grad()
+        ...     mtl.backward(loss, shared_parameters=trunk.weight)  # network grads + weight grads
+        ...     opt.step()
+        >>> w = mtl.last_weights
+        >>> bool(w["a"] > w["b"]), round(float(w["a"] + w["b"]), 4)  # small-gradient task up-weighted, sum K
+        (True, 2.0)
 
     It costs one extra backward per task from the task loss to ``W`` (cheap when ``W`` is the last shared
     layer). A plain ``loss.backward()`` trains the network with the current weights and never updates them.
