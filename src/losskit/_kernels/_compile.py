@@ -7,11 +7,11 @@ reads its inputs once or twice and writes only its result. Below the threshold, 
 is switched off, while an outer ``torch.compile`` is tracing, or if compilation fails, the same
 code runs eagerly (correct, but with the usual temporaries of eager PyTorch).
 
-**First-call cost**: compiling one kernel variant (one forward or backward for one set of
-hyperparameters) takes about 5-20 s on a 2-core CPU (more on a loaded machine, much less once
-Inductor's on-disk cache under ``/tmp/torchinductor_$USER`` is warm). Compiled kernels are cached
-per process and per hyperparameter set, and use dynamic shapes, so a new batch size does not
-recompile.
+**First-call cost**: compiling one kernel variant (one forward or one backward for one set of
+hyperparameters and dtype) took 10-60 s on the 2-core CPU this was developed on (under heavy load
+from other processes; a few seconds once Inductor's on-disk cache under
+``/tmp/torchinductor_$USER`` holds it). Compiled kernels are cached per process and per
+hyperparameter set and use dynamic shapes, so a new batch size does not recompile.
 
 Switches:
 

@@ -44,26 +44,43 @@ def _log_softmax(z: torch.Tensor, temperature: float) -> torch.Tensor:
     return zf - torch.logsumexp(zf, dim=1, keepdim=True)
 
 
+def _shifted(z: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(z / T - max, exp(z / T - max))`` per row: one max pass, one exp per element."""
+    zf = z.to(float_dtype(z))
+    if temperature != 1.0:
+        zf = zf * (1.0 / temperature)
+    sh = zf - zf.amax(dim=1, keepdim=True)
+    return sh, torch.exp(sh)
+
+
 def _build_kd_forward(temperature: float, scale: float) -> Callable:
     def forward(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        ls, lt = _log_softmax(s, temperature), _log_softmax(t, temperature)
-        return scale * (torch.exp(lt) * (lt - ls)).sum(1)
+        # KL = sum_c p_T (b_c - a_c) - log Z_T + log Z_S with a, b the max-shifted scaled logits:
+        # two exps per element and no normalised (R, C) tensor
+        a, ea = _shifted(s, temperature)
+        b, eb = _shifted(t, temperature)
+        zs, zt = ea.sum(1), eb.sum(1)
+        w = (eb * (b - a)).sum(1)
+        return scale * (w / zt - torch.log(zt) + torch.log(zs))
 
     return forward
 
 
 def _build_kd_backward(temperature: float, scale: float, need_s: bool, need_t: bool) -> Callable:
     def backward(s: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        k = (g * (scale / temperature)).unsqueeze(1)
+        if not need_t:
+            _, ea = _shifted(s, temperature)
+            _, eb = _shifted(t, temperature)
+            ps = ea / ea.sum(1, keepdim=True)
+            pt = eb / eb.sum(1, keepdim=True)
+            return (k * (ps - pt)).to(s.dtype), None
         ls, lt = _log_softmax(s, temperature), _log_softmax(t, temperature)
         pt = torch.exp(lt)
-        k = (g * (scale / temperature)).unsqueeze(1)
         gs = (k * (torch.exp(ls) - pt)).to(s.dtype) if need_s else None
-        gt = None
-        if need_t:
-            diff = lt - ls
-            kl = (pt * diff).sum(1, keepdim=True)
-            gt = (k * pt * (diff - kl)).to(t.dtype)
-        return gs, gt
+        diff = lt - ls
+        kl = (pt * diff).sum(1, keepdim=True)
+        return gs, (k * pt * (diff - kl)).to(t.dtype)
 
     return backward
 
