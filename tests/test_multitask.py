@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import losskit
+from ddp_utils import run_distributed
 from harness import (
     assert_compiles,
     assert_connected_zero,
@@ -500,3 +501,37 @@ def test_dwa_does_not_record_validation():
     dwa(torch.tensor([100.0, 100.0]))
     assert int(dwa.epoch_steps) == 1
     torch.testing.assert_close(dwa.epoch_sum, torch.tensor([1.0, 2.0], dtype=torch.float64))
+
+
+_DWA_STEPS = {  # different data and a different number of steps per rank, three epochs
+    0: [[[1.0, 2.0], [1.4, 2.2]], [[0.9, 1.5]], [[0.5, 1.1], [0.7, 1.3]]],
+    1: [[[1.2, 1.6], [0.8, 2.4], [1.0, 2.0]], [[0.7, 1.1], [0.8, 1.0]], [[0.4, 0.9]]],
+}
+
+
+def _dwa_worker(rank, world):
+    dwa = DWA(2)
+    for epoch in _DWA_STEPS[rank]:
+        for step in epoch:
+            dwa(torch.tensor(step))
+        dwa.epoch_end()
+    return dwa.current_weights()
+
+
+def test_dwa_under_ddp_equals_one_process_over_all_steps():
+    got = run_distributed(_dwa_worker, world_size=2)
+    ref = DWA(2)
+    for e in range(3):
+        for step in _DWA_STEPS[0][e] + _DWA_STEPS[1][e]:
+            ref(torch.tensor(step))
+        ref.epoch_end()
+    for w in got:
+        torch.testing.assert_close(w, ref.current_weights())
+    # without the all-reduce the ranks would disagree
+    local = [DWA(2), DWA(2)]
+    for r in (0, 1):
+        for epoch in _DWA_STEPS[r]:
+            for step in epoch:
+                local[r](torch.tensor(step))
+            local[r].epoch_end(sync=False)
+    assert not torch.allclose(local[0].current_weights(), local[1].current_weights())

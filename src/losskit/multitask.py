@@ -28,6 +28,7 @@ from torch import nn
 
 from ._checks import LossTypeError, LossValueError, check_choice, check_int, check_number, shape_str
 from ._reduction import upcast
+from .distributed import global_sum
 from .registry import build, register
 
 __all__ = [
@@ -189,15 +190,22 @@ class DWA(Weighting):
         w = self.current_weights().to(losses.dtype)
         return (w * losses).sum(), w
 
-    def epoch_end(self) -> None:
-        """Close the epoch: its mean losses become ``L(t-1)`` for the next epoch's weights."""
-        if int(self.epoch_steps) == 0:
-            raise LossValueError(
-                "DWA.epoch_end() was called but no training losses were recorded this epoch "
-                "(is the loss in eval mode?)"
-            )
+    def epoch_end(self, sync: bool = True) -> None:
+        """Close the epoch: its mean losses become ``L(t-1)`` for the next epoch's weights.
+
+        Under ``torch.distributed`` (and ``sync=True``) the loss sums and step counts are summed over
+        ranks first, so every rank gets the same weights: those of one process that saw all the steps.
+        """
         with torch.no_grad():
-            mean = self.epoch_sum / self.epoch_steps.to(torch.float64)
+            total, steps = self.epoch_sum, self.epoch_steps
+            if sync:
+                total, steps = global_sum(total.detach()), global_sum(steps.detach())
+            if int(steps) == 0:
+                raise LossValueError(
+                    "DWA.epoch_end() was called but no training losses were recorded this epoch "
+                    "(is the loss in eval mode?)"
+                )
+            mean = total / steps.to(torch.float64)
             self.history.copy_(torch.stack((self.history[1], mean)))
             self.epochs += 1
             self.epoch_sum.zero_()
@@ -583,7 +591,10 @@ class MultiTaskLoss(nn.Module):
         self.weighting.backward(loss, task_losses, shared_parameters)
 
     def epoch_end(self) -> None:
-        """Tell the weighting an epoch ended (DWA needs it; a no-op for the others)."""
+        """Tell the weighting an epoch ended (DWA needs it; a no-op for the others).
+
+        Under ``torch.distributed`` call it on every rank (DWA all-reduces its epoch sums).
+        """
         self.weighting.epoch_end()
 
     def extra_repr(self) -> str:
