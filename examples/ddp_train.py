@@ -1,7 +1,8 @@
 """Train a tiny sequence model under DDP with a gathered contrastive loss and an exact token-mean loss.
 
-    torchrun --standalone --nproc_per_node 2 examples/ddp_train.py     # 2 CPU processes (gloo)
-    python examples/ddp_train.py                                       # one process, same result
+    torchrun --standalone --nproc_per_node 2 examples/ddp_train.py           # 2 CPU processes (gloo)
+    python examples/ddp_train.py                                             # one process, same result
+    torchrun --standalone --nproc_per_node 2 examples/ddp_train.py --naive   # the usual mistakes
 
 The model embeds token sequences of different lengths (padding is ignored, so the ranks hold
 different numbers of valid tokens) and learns two things at once:
@@ -14,7 +15,8 @@ different numbers of valid tokens) and learns two things at once:
 
 Each rank takes its slice of the same global batch, so the parameters after training are the same
 (to float64 round-off) whether the script runs on 1, 2 or 4 processes: the printed checksum shows
-it. Real code would shard the data with a ``DistributedSampler`` instead.
+it (``--naive`` shows what the usual per-rank mean and non-differentiable gather do instead). Real
+code would shard the data with a ``DistributedSampler``.
 """
 
 from __future__ import annotations
@@ -66,11 +68,25 @@ def global_batch(step: int) -> dict[str, torch.Tensor]:
     return {"tokens": tokens, "valid": valid, "tags": tags, "view1": views[0], "view2": views[1]}
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def naive_gather(z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The common hand-written version: all_gather (no gradient), own slice put back. Wrong under DDP."""
+    if world_size() == 1:
+        return z, labels, 0
+    zs, ls = (
+        [torch.empty_like(z) for _ in range(world_size())],
+        [torch.empty_like(labels) for _ in range(world_size())],
+    )
+    dist.all_gather(zs, z.detach())
+    dist.all_gather(ls, labels)
+    zs[rank()] = z
+    return torch.cat(zs), torch.cat(ls), rank() * z.shape[0]
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, ids: torch.Tensor, naive: bool = False) -> torch.Tensor:
     """NT-Xent of this rank's 2n views (anchors) against the 2N views gathered from every rank."""
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     labels = torch.cat([ids, ids])
-    candidates, cand_labels, offset = gather_candidates(z, labels)
+    candidates, cand_labels, offset = (naive_gather if naive else gather_candidates)(z, labels)
     n = z.shape[0]
     logits = z @ candidates.T / TEMPERATURE
     self_mask = torch.zeros_like(logits, dtype=torch.bool)
@@ -78,6 +94,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, ids: torch.Tensor) -> torch.Tens
     logits = logits.masked_fill(self_mask, torch.finfo(logits.dtype).min)
     positive = (labels[:, None] == cand_labels[None, :]) & ~self_mask
     per_anchor = -torch.where(positive, logits.log_softmax(dim=1), 0.0).sum(1)
+    if naive:
+        return per_anchor.mean()
     # sum over local anchors / (global anchor count / W): exact under DDP even for uneven shards
     return per_anchor.sum() / ddp_normalizer(n)
 
@@ -88,6 +106,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--lr", type=float, default=1.0)
     parser.add_argument("--contrastive-weight", type=float, default=0.5)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument(
+        "--naive",
+        action="store_true",
+        help="per-rank token mean and a gather without gradient (the usual mistakes): the result then "
+        "depends on the number of processes",
+    )
     args = parser.parse_args(argv)
 
     started_here = False
@@ -121,10 +145,9 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         n = ids.numel()
         # one forward for the sequences and both views (one DDP forward per backward)
         tag_logits, z = model(torch.cat([b["tokens"], b["view1"], b["view2"]]), torch.cat([b["valid"]] * 3))
-        token_loss = LF.cross_entropy_loss(
-            tag_logits[:n].flatten(0, 1), b["tags"].flatten(), normalizer=ddp_normalizer(b["valid"])
-        )
-        contrastive = nt_xent(z[n : 2 * n], z[2 * n :], ids)
+        norm = None if args.naive else ddp_normalizer(b["valid"])  # global valid tokens / W
+        token_loss = LF.cross_entropy_loss(tag_logits[:n].flatten(0, 1), b["tags"].flatten(), normalizer=norm)
+        contrastive = nt_xent(z[n : 2 * n], z[2 * n :], ids, naive=args.naive)
         loss = token_loss + args.contrastive_weight * contrastive
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -606,23 +606,31 @@ def test_bad_arguments():
 # ============================================================================ 7. the example script
 
 
-def _example_worker(rank: int, world: int, steps: int) -> dict[str, Any]:
+def _example(argv: list[str]) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT / "examples"))
     import ddp_train
 
-    return ddp_train.main(["--steps", str(steps), "--quiet"])
+    return ddp_train.main([*argv, "--quiet"])
+
+
+def _example_worker(rank: int, world: int, argv: list[str]) -> dict[str, Any]:
+    return _example(argv)
 
 
 def test_example_under_ddp_matches_single_process():
-    sys.path.insert(0, str(ROOT / "examples"))
-    import ddp_train
-
-    results = run_distributed(_example_worker, 3)
-    single = ddp_train.main(["--steps", "3", "--quiet"])
-    for r in results:
-        assert r["world_size"] == 2
-        for a, b in zip(r["params"], single["params"]):
+    steps = ["--steps", "3"]
+    exact = run_distributed(_example_worker, steps)
+    naive = run_distributed(_example_worker, [*steps, "--naive"])
+    single = _example(steps)
+    # on one process the naive losses are the right ones
+    torch.testing.assert_close(_example([*steps, "--naive"])["params"], single["params"])
+    for r in range(W):
+        assert exact[r]["world_size"] == W
+        for a, b in zip(exact[r]["params"], single["params"]):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(torch.tensor(exact[r]["losses"]), torch.tensor(single["losses"]))
+    gap = max(float((a - b).abs().max()) for a, b in zip(naive[0]["params"], single["params"]))
+    assert gap > 1e-3
 
 
 @pytest.mark.skipif(
