@@ -377,10 +377,11 @@ def test_sigmoid_focal_gamma0_equals_bce_with_logits(reduction):
     pw = torch.tensor([2.0, 1.0, 0.3])
     for target in (t, t * 0.7 + 0.1):
         for kw in ({}, {"pos_weight": pw}):
-            torch.testing.assert_close(
-                LF.sigmoid_focal_loss(x, target, -1.0, 0.0, reduction, **kw),
-                F.binary_cross_entropy_with_logits(x, target, reduction=reduction, **kw),
-            )
+            ours = LF.sigmoid_focal_loss(x, target, -1.0, 0.0, reduction, **kw)
+            theirs = F.binary_cross_entropy_with_logits(x, target, reduction=reduction, **kw)
+            torch.testing.assert_close(ours, theirs)
+            if reduction == "none":
+                assert torch.equal(ours, theirs)
     # element weights: same elements, but our mean is sum(w l) / sum(w) (torch divides by the count)
     bce = F.binary_cross_entropy_with_logits(x, t, weight=w, reduction="sum")
     ours = LF.sigmoid_focal_loss(x, t, -1.0, 0.0, "mean", weight=w)

@@ -691,14 +691,10 @@ def _sigmoid_focal_math(
     pos_weight: torch.Tensor | None,
 ) -> torch.Tensor:
     """Element-wise RetinaNet focal loss of compute-dtype logits ``x`` and targets ``t`` in [0, 1]."""
-    log_p = F.logsigmoid(x)  # log sigmoid(x)
-    log_1mp = F.logsigmoid(-x)  # log (1 - sigmoid(x))
-    pos = t * log_p if pos_weight is None else (pos_weight * t) * log_p
-    loss = -(pos + (1.0 - t) * log_1mp)  # = binary_cross_entropy_with_logits(x, t, pos_weight)
-    # 1 - p_t = t (1 - p) + (1 - t) p
-    mod = _pow_modulator(t * torch.exp(log_1mp) + (1.0 - t) * torch.exp(log_p), gamma)
-    if mod is not None:
-        loss = loss * mod
+    loss = F.binary_cross_entropy_with_logits(x, t, pos_weight=pos_weight, reduction="none")
+    if gamma != 0.0:
+        # 1 - p_t = t (1 - p) + (1 - t) p with 1 - p = sigmoid(-x): no cancellation near p = 0 or 1.
+        loss = loss * _pow_modulator(t * torch.sigmoid(-x) + (1.0 - t) * torch.sigmoid(x), gamma)
     if alpha >= 0:
         loss = loss * (alpha * t + (1.0 - alpha) * (1.0 - t))
     return loss
@@ -731,9 +727,10 @@ def sigmoid_focal_loss(
 
     Same arguments, defaults and values as :func:`torchvision.ops.sigmoid_focal_loss`
     (``alpha=0.25, gamma=2, reduction='none'``; ``alpha < 0`` disables the ``alpha_t`` weighting), so
-    at ``gamma = 0, alpha < 0`` it is :func:`torch.nn.functional.binary_cross_entropy_with_logits`.
-    Computed from ``logsigmoid`` in float32 (no ``log(sigmoid(x))`` overflow in fp16), and the
-    ``gamma < 1`` gradient stays finite at saturation.
+    at ``gamma = 0, alpha < 0`` it is :func:`torch.nn.functional.binary_cross_entropy_with_logits`
+    (bit for bit: that is the cross-entropy factor, computed in float32 from log-sigmoid, so fp16
+    logits cannot underflow ``log(sigmoid(x))``). ``1 - p_t`` is formed from ``sigmoid(x)`` and
+    ``sigmoid(-x)`` (no cancellation near saturation) and the ``gamma < 1`` gradient stays finite.
 
     Extras: ``pos_weight`` (BCE-with-logits semantics: scales the positive log-likelihood term,
     broadcast over the last dimension), soft targets in ``[0, 1]`` (same formula), an element-wise
