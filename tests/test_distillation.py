@@ -687,3 +687,35 @@ def test_distillation_loss_low_precision_extremes(dtype):
     loss = proj(s, extreme_logits((6, 3), dtype, 10))
     assert loss.dtype == torch.float32
     assert_finite_with_grads(loss, s)
+
+
+def test_teacher_with_minus_inf_logits():
+    # padded / banned classes masked with -inf in both models (common for LM vocabularies)
+    s = _logits((3, 6), 60)
+    t = _logits((3, 6), 61)
+    s[:, 4:] = float("-inf")
+    t[:, 4:] = float("-inf")
+    s.requires_grad_(True)
+    t.requires_grad_(True)
+    ref_s, ref_t = s.detach()[:, :4].double(), t.detach()[:, :4].double()
+    for beta in (0.0, 0.5, 1.0):
+        v = LF.jsd_loss(s, t, beta)
+        torch.testing.assert_close(v.double(), LF.jsd_loss(ref_s, ref_t, beta))
+        assert_finite_with_grads(v, s, t)
+    v = LF.kd_loss(s, t, 2.0)
+    torch.testing.assert_close(v.double(), LF.kd_loss(ref_s, ref_t, 2.0))
+    assert_finite_with_grads(v, s, t)
+    y = torch.tensor([0, 3, 1])
+    v = LF.dkd_loss(s, t, y)
+    torch.testing.assert_close(v.double(), ref_dkd(ref_s, ref_t, y, 1.0, 8.0, 4.0))
+    assert_finite_with_grads(v, s, t)
+    v = LF.distillation_loss(s, t, y)
+    torch.testing.assert_close(v.double(), seed_objective(ref_s, ref_t, y, 0.1, 3.0))
+    assert_finite_with_grads(v, s, t)
+    # only the teacher masks a class: still finite, equal to the KL with p_T = 0 there
+    s2 = _logits((3, 6), 62).requires_grad_(True)
+    t2 = _logits((3, 6), 63)
+    t2[:, 0] = float("-inf")
+    ref = ref_kd(s2.detach().double(), t2.double(), 1.0)
+    torch.testing.assert_close(LF.kd_loss(s2, t2, 1.0).double(), ref)
+    assert_finite_with_grads(LF.kd_loss(s2, t2, 1.0), s2)

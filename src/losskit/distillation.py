@@ -76,15 +76,23 @@ def _check_temperature(temperature: Any) -> float:
 
 
 def _log_probs(logits: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
-    """``log_softmax(logits / T)`` in float32 for half inputs."""
+    """``log_softmax(logits / T)`` in float32 for half inputs, clamped to the most negative finite float.
+
+    Logits masked with ``-inf`` (padded or banned classes) give ``log p = -inf``; clamping keeps every
+    later difference and logaddexp finite (``exp`` of the clamp is still exactly 0), so such entries
+    contribute 0 to the divergences with finite gradients instead of NaN.
+    """
     x = upcast(logits)
     if temperature != 1.0:
         x = x / temperature
-    return F.log_softmax(x, dim=dim)
+    return F.log_softmax(x, dim=dim).clamp_min(torch.finfo(x.dtype).min)
 
 
 def _kl_terms(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """Element-wise ``p (log p - log q)``; zero where ``p`` underflows (``log p`` is finite from log_softmax)."""
+    """Element-wise ``p (log p - log q)`` for finite log-probabilities (see :func:`_log_probs`).
+
+    Where ``p`` underflows to 0 the term is ``0 * finite = 0``, with finite gradients.
+    """
     return log_p.exp() * (log_p - log_q)
 
 
@@ -366,7 +374,8 @@ def _binary_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 def _nontarget_log_probs(logits: torch.Tensor, gt: torch.Tensor, temperature: float) -> torch.Tensor:
     """Log-probabilities renormalised over the non-target classes (target entry: a huge negative)."""
     x = upcast(logits) / temperature
-    return F.log_softmax(x.masked_fill(gt, torch.finfo(x.dtype).min), dim=1)
+    lowest = torch.finfo(x.dtype).min
+    return F.log_softmax(x.masked_fill(gt, lowest), dim=1).clamp_min(lowest)
 
 
 class DKDLoss(nn.Module):
