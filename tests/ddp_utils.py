@@ -5,7 +5,7 @@ each joins a gloo group through a TCP store the parent opened on 127.0.0.1 at a 
 port 0, so no port race), calls ``fn(rank, world_size, *args)`` and sends back its (torch-saved)
 result. The group is always destroyed (``try/finally``), a worker's exception is re-raised in the
 parent with its traceback, and a watchdog terminates the workers if they give no result within
-``timeout`` seconds.
+``timeout`` seconds (``LOSSKIT_DDP_TIMEOUT``, default 60 s forked / 180 s spawned).
 
 Processes are forked where the platform allows it (the children inherit the imported torch, which
 keeps a test at about a second); set ``LOSSKIT_DDP_START_METHOD=spawn`` to use fresh interpreters.
@@ -30,6 +30,9 @@ import torch.multiprocessing as mp
 START_METHOD = os.environ.get(
     "LOSSKIT_DDP_START_METHOD", "fork" if "fork" in mp.get_all_start_methods() else "spawn"
 )
+# Watchdog (not a timing assertion): a forked group normally answers in about a second; spawned
+# workers import torch first, which takes tens of seconds on a loaded machine.
+DEFAULT_TIMEOUT = float(os.environ.get("LOSSKIT_DDP_TIMEOUT", "60" if START_METHOD == "fork" else "180"))
 
 
 def _worker(fn: Callable[..., Any], rank: int, world: int, port: int, args: tuple, conn: Any) -> None:
@@ -61,9 +64,10 @@ def _warm_up_parent() -> None:
 
 
 def run_distributed(
-    fn: Callable[..., Any], *args: Any, world_size: int = 2, timeout: float = 25.0
+    fn: Callable[..., Any], *args: Any, world_size: int = 2, timeout: float | None = None
 ) -> list[Any]:
     """``[fn(0, W, *args), ..., fn(W - 1, W, *args)]``, each run in its own process of a gloo group."""
+    timeout = DEFAULT_TIMEOUT if timeout is None else timeout
     ctx = mp.get_context(START_METHOD)
     if START_METHOD == "fork":
         _warm_up_parent()

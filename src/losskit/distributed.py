@@ -56,8 +56,9 @@ tokens. So, per optimizer step:
 
 Without DDP the same code is exact for plain gradient accumulation (``norm`` is then the step's
 local count). If the micro-batches cannot be fetched ahead, use ``reduction='sum'`` and scale the
-accumulated gradients by ``1 / ddp_normalizer(count_seen)`` before ``optimizer.step()`` — also exact,
-since gradients are linear in the loss.
+accumulated gradients by ``1 / ddp_normalizer(count_seen)`` before gradient clipping and
+``optimizer.step()`` — also exact, since gradients are linear in the loss. FSDP averages gradients
+over ranks like DDP, so the same normaliser applies.
 
 The value of ``local_sum / norm`` on one rank is not the global mean; for logging use
 ``global_sum(loss.detach()) / world_size()`` (a collective: call it on every rank).
