@@ -11,7 +11,7 @@ bool ``mask``; their ``'mean'`` is ``sum(w l) / sum(w)`` over unmasked elements.
 ``sum_i w_{y_i} l_i / sum_i w_{y_i}`` over the non-ignored elements. Unlike torch, an empty or
 all-ignored batch gives a zero that is still connected to the graph (torch gives NaN), and
 ``normalizer=`` replaces the denominator (see :mod:`losskit._reduction`). Half-precision logits are
-computed in float32 (``log_softmax`` / ``logsigmoid``) and the loss is returned in float32.
+computed in float32 (``log_softmax`` / log-sigmoid forms) and the loss is returned in float32.
 """
 
 from __future__ import annotations
@@ -820,19 +820,18 @@ def _asymmetric_math(
     x: torch.Tensor, t: torch.Tensor, *, gamma_neg: float, gamma_pos: float, clip: float
 ) -> torch.Tensor:
     """Element-wise asymmetric loss of compute-dtype logits ``x`` and targets ``t`` in [0, 1]."""
-    log_p = F.logsigmoid(x)
-    log_1mp = F.logsigmoid(-x)
-    pos = -log_p
-    mod = _pow_modulator(torch.exp(log_1mp), gamma_pos)  # (1 - p)^gamma_pos
+    pos = F.softplus(-x)  # -log p
+    q = torch.sigmoid(-x) if (gamma_pos != 0.0 or clip > 0.0) else None  # 1 - p, accurate near p = 1
+    mod = None if q is None else _pow_modulator(q, gamma_pos)
     if mod is not None:
         pos = pos * mod
     if clip > 0.0:
         # shifted probability p_m = max(p - clip, 0); log(1 - p_m) >= log(clip) is finite, no eps needed
-        p_m = (torch.exp(log_p) - clip).clamp_min(0.0)
-        neg = -torch.log((torch.exp(log_1mp) + clip).clamp_max(1.0))
+        p_m = (torch.sigmoid(x) - clip).clamp_min(0.0)
+        neg = -torch.log((q + clip).clamp_max(1.0))
     else:
-        p_m = torch.exp(log_p)
-        neg = -log_1mp
+        p_m = torch.sigmoid(x)
+        neg = F.softplus(x)  # -log(1 - p)
     mod = _pow_modulator(p_m, gamma_neg)
     if mod is not None:
         neg = neg * mod
@@ -858,14 +857,14 @@ def asymmetric_loss(
         \qquad p = \sigma(x),\quad p_m = \max(p - m, 0)
 
     Negatives are focused harder (``gamma_neg > gamma_pos``) and *probability shifting* by the margin
-    ``m = clip`` discards very easy negatives (``p < clip``) entirely. ``log p`` is ``logsigmoid(x)``
+    ``m = clip`` discards very easy negatives (``p < clip``) entirely. ``-log p`` is ``softplus(-x)``
     and ``log(1 - p_m) = log(min(sigmoid(-x) + clip, 1)) >= log(clip)``, so no ``eps`` clamp is needed
-    (the reference implementation clamps probabilities at ``1e-8``). ``clip = 0, gamma_pos = gamma_neg =
+    (the authors' implementation clamps probabilities at ``1e-8``). ``clip = 0, gamma_pos = gamma_neg =
     gamma`` is the sigmoid focal loss without ``alpha`` (for 0/1 targets); all zero is BCE-with-logits.
     Soft targets in ``[0, 1]`` mix the two terms linearly. Gradients flow through the focusing
-    weights (the reference implementation can detach them).
+    weights (the authors' implementation can detach them).
 
-    ``reduction='mean'`` averages over all elements (the reference implementation returns the sum:
+    ``reduction='mean'`` averages over all elements (the authors' implementation returns the sum:
     use ``reduction='sum'``); ``weight`` / ``mask`` / ``normalizer`` as in :func:`sigmoid_focal_loss`.
 
     Example:
