@@ -699,9 +699,10 @@ def test_teacher_with_minus_inf_logits():
     t.requires_grad_(True)
     ref_s, ref_t = s.detach()[:, :4].double(), t.detach()[:, :4].double()
     for beta in (0.0, 0.5, 1.0):
-        v = LF.jsd_loss(s, t, beta)
-        torch.testing.assert_close(v.double(), LF.jsd_loss(ref_s, ref_t, beta))
-        assert_finite_with_grads(v, s, t)
+        for T in (1.0, 0.5):
+            v = LF.jsd_loss(s, t, beta, T)
+            torch.testing.assert_close(v.double(), LF.jsd_loss(ref_s, ref_t, beta, T))
+            assert_finite_with_grads(v, s, t)
     v = LF.kd_loss(s, t, 2.0)
     torch.testing.assert_close(v.double(), LF.kd_loss(ref_s, ref_t, 2.0))
     assert_finite_with_grads(v, s, t)

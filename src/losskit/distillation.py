@@ -75,17 +75,23 @@ def _check_temperature(temperature: Any) -> float:
     return float(check_number("temperature", temperature, low=0.0, low_open=True))
 
 
-def _log_probs(logits: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
-    """``log_softmax(logits / T)`` in float32 for half inputs, clamped to the most negative finite float.
+def _clamp_neg_inf(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``-inf`` logits -> a finite value that stays finite after division by ``temperature``."""
+    return logits.clamp_min(torch.finfo(logits.dtype).min * min(1.0, temperature))
 
-    Logits masked with ``-inf`` (padded or banned classes) give ``log p = -inf``; clamping keeps every
-    later difference and logaddexp finite (``exp`` of the clamp is still exactly 0), so such entries
-    contribute 0 to the divergences with finite gradients instead of NaN.
+
+def _log_probs(logits: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
+    """``log_softmax(logits / T)`` in float32 for half inputs, finite even for ``-inf`` logits.
+
+    Logits masked with ``-inf`` (padded or banned classes) are clamped to a very negative finite value
+    first, so their log-probabilities stay finite (their probability is still
+    exactly 0) and such entries contribute 0 to the divergences with finite gradients instead of NaN.
+    The clamp saves only a reference to the caller's logits for backward (no extra memory).
     """
-    x = upcast(logits)
+    x = upcast(_clamp_neg_inf(logits, temperature))
     if temperature != 1.0:
         x = x / temperature
-    return F.log_softmax(x, dim=dim).clamp_min(torch.finfo(x.dtype).min)
+    return F.log_softmax(x, dim=dim)
 
 
 def _kl_terms(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -373,9 +379,8 @@ def _binary_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
 def _nontarget_log_probs(logits: torch.Tensor, gt: torch.Tensor, temperature: float) -> torch.Tensor:
     """Log-probabilities renormalised over the non-target classes (target entry: a huge negative)."""
-    x = upcast(logits) / temperature
-    lowest = torch.finfo(x.dtype).min
-    return F.log_softmax(x.masked_fill(gt, lowest), dim=1).clamp_min(lowest)
+    x = upcast(_clamp_neg_inf(logits, temperature)) / temperature
+    return F.log_softmax(x.masked_fill(gt, torch.finfo(x.dtype).min), dim=1)
 
 
 class DKDLoss(nn.Module):
