@@ -1177,3 +1177,25 @@ def test_weighted_cross_entropy_from_targets():
     y = torch.randint(0, 3, (8,), generator=g)
     torch.testing.assert_close(loss_fn(x, y), F.cross_entropy(x, y, weight=expected_w, label_smoothing=0.1))
     assert "weight" in loss_fn.state_dict()
+
+
+def test_from_targets_respects_ignore_index_and_normalizer_for_focal():
+    targets = torch.tensor([0, 0, 255, 1, 255])
+    loss_fn = losskit.WeightedCrossEntropyLoss.from_targets(targets, 2, ignore_index=255)
+    torch.testing.assert_close(loss_fn.weights, torch.tensor([2 / 3, 4 / 3]))
+    x = torch.randn(5, 2)
+    torch.testing.assert_close(
+        loss_fn(x, targets), F.cross_entropy(x, targets, weight=loss_fn.weights, ignore_index=255)
+    )
+    # focal: normalizer (number or scalar tensor) replaces the weighted count
+    xf, yf, w, _ = _cls_data((8, 4), seed=40)
+    full = LF.focal_loss(xf, yf, 1.0, 2.0, weight=w)
+    total = w[yf[yf != -100]].sum()
+    parts = [
+        LF.focal_loss(xf[s], yf[s], 1.0, 2.0, weight=w, normalizer=total) for s in (slice(0, 5), slice(5, 8))
+    ]
+    torch.testing.assert_close(parts[0] + parts[1], full)
+    torch.testing.assert_close(
+        LF.sigmoid_focal_loss(xf, (xf > 0).float(), reduction="mean", normalizer=torch.tensor(4.0)),
+        LF.sigmoid_focal_loss(xf, (xf > 0).float(), reduction="sum") / 4,
+    )

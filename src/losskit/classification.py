@@ -1182,7 +1182,14 @@ class WeightedCrossEntropyLoss(CrossEntropyLoss):
         **kwargs,
     ) -> WeightedCrossEntropyLoss:
         """Weights from class indices (or counts) via :func:`class_weights`."""
-        w = class_weights(targets, num_classes, scheme=scheme, beta=beta, normalize=normalize)
+        w = class_weights(
+            targets,
+            num_classes,
+            scheme=scheme,
+            beta=beta,
+            normalize=normalize,
+            ignore_index=kwargs.get("ignore_index", -100),
+        )
         return cls(weights=w.float(), reduction=reduction, **kwargs)
 
     def forward(
