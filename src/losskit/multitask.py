@@ -447,6 +447,12 @@ class MultiTaskLoss(nn.Module):
     and call :meth:`epoch_end` once per epoch (required for DWA, a no-op otherwise). Half-precision task
     losses are combined in float32.
 
+    Under DDP: learnable weightings (uncertainty log-variances, GradNorm weights) live in this module, not
+    in your model, so DDP does not average their gradients; make the loss a submodule of the
+    DDP-wrapped module or all-reduce their gradients yourself. DWA all-reduces its epoch means in
+    ``epoch_end()``; seed :class:`RandomLossWeighting` identically on every rank. GradNorm under DDP is
+    not tested.
+
     Example:
         >>> mtl = MultiTaskLoss(tasks={"a": nn.MSELoss(), "b": "l1"}, weights=[1.0, 0.5])
         >>> preds = {"a": torch.tensor([1.0, 3.0]), "b": torch.tensor([2.0])}
