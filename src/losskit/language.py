@@ -1,5 +1,498 @@
-"""Language losses (being built)."""
+"""Large-vocabulary losses: fused, chunked ``linear -> loss`` for SFT and LLM distillation.
+
+A language-model head turns ``N`` hidden states of width ``H`` into ``N x V`` logits; with ``V`` in
+the tens or hundreds of thousands those logits (and their gradient, and the log-softmax eager code
+keeps for backward) dominate training memory. The losses here take the hidden states and the head's
+weight instead of the logits and never build the ``(N, V)`` matrix: tokens are processed in chunks,
+and the gradients w.r.t. ``hidden``, ``weight`` and ``bias`` are computed chunk by chunk during the
+forward pass (the backward only rescales them by ``grad_output``). Extra memory is the weight
+gradient (which training needs anyway), the hidden gradient, and one chunk of logits.
+
+``reduction='mean'`` divides by the number of tokens that count (``target != ignore_index``);
+``normalizer=`` replaces that count (gradient accumulation, DDP: pass the window's / global count).
+All-ignored or empty batches give a zero that is still connected to the graph (torch gives NaN).
+Half-precision inputs run their GEMMs in their own dtype and everything else in float32; the loss
+is float32 and the weight gradient is accumulated in float32 across chunks.
+
+``torch.compile``: ``fullgraph=True`` works and matches eager (values and gradients). While
+compiling, the kernel processes every token and masks the ignored ones (no data-dependent shapes),
+and Dynamo unrolls the chunk loop, so the compiled graph grows with ``N / chunk_size``; compile
+time, not correctness, is the cost of large shapes. Eager mode on CPU skips ignored tokens instead.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import torch
+from torch import nn
+
+from ._checks import (
+    LossTypeError,
+    LossValueError,
+    check_class_target,
+    check_floating,
+    check_int,
+    check_integer,
+    check_min_ndim,
+    check_ndim,
+    check_number,
+    check_reduction,
+    check_same_device,
+    shape_str,
+)
+from ._kernels import linear_ce as _k
+from ._reduction import Normalizer, check_normalizer, compute_dtype, connected_zero
+from .registry import register
+
+__all__ = [
+    "LinearCrossEntropyLoss",
+    "LinearKDLoss",
+    "linear_cross_entropy",
+    "linear_kd_loss",
+]
+
+
+# ----------------------------------------------------------------------------- shared plumbing
+
+
+def _check_head(
+    hidden_name: str,
+    hidden: torch.Tensor,
+    weight_name: str,
+    weight: torch.Tensor,
+    bias_name: str,
+    bias: torch.Tensor | None,
+) -> None:
+    """``hidden`` (..., H), ``weight`` (V, H) of the same dtype, ``bias`` (V,)."""
+    check_floating(hidden_name, hidden)
+    check_floating(weight_name, weight)
+    check_min_ndim(hidden_name, hidden, 2, "(N, H) or (B, L, H)")
+    check_ndim(weight_name, weight, 2, "(V, H)")
+    if weight.shape[1] != hidden.shape[-1]:
+        raise LossValueError(
+            f"{weight_name} has shape {shape_str(weight.shape)}, expected (V, {hidden.shape[-1]}) to match "
+            f"{hidden_name} of shape {shape_str(hidden.shape)} (last dimension H)"
+        )
+    if weight.dtype != hidden.dtype:
+        raise LossTypeError(
+            f"{weight_name} has dtype {weight.dtype}, expected {hidden.dtype} like {hidden_name}"
+        )
+    if bias is not None:
+        check_floating(bias_name, bias)
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise LossValueError(
+                f"{bias_name} has shape {shape_str(bias.shape)}, expected ({weight.shape[0]},): one entry "
+                f"per row of {weight_name}"
+            )
+    check_same_device((hidden_name, hidden), (weight_name, weight), (bias_name, bias))
+
+
+def _check_tokens_target(
+    target: torch.Tensor, hidden: torch.Tensor, vocab: int, ignore_index: int, hidden_name: str
+) -> torch.Tensor:
+    """Class-index ``target`` of shape ``hidden.shape[:-1]``, values in ``[0, V)`` or ``ignore_index``."""
+    check_integer("target", target)
+    if tuple(target.shape) != tuple(hidden.shape[:-1]):
+        raise LossValueError(
+            f"target has shape {shape_str(target.shape)}, expected {shape_str(hidden.shape[:-1])} to match "
+            f"{hidden_name} of shape {shape_str(hidden.shape)} without its last dimension"
+        )
+    check_same_device((hidden_name, hidden), ("target", target))
+    flat = target.reshape(-1)
+    # value check shared with cross-entropy: logits would be (N, V)
+    check_class_target(
+        torch.empty(flat.shape[0], vocab, device="meta"), flat, ignore_index=ignore_index, input_name="logits"
+    )
+    return flat
+
+
+def _check_options(chunk_size: int | None, ignore_index: int, reduction: str, normalizer: Normalizer) -> None:
+    check_reduction(reduction)
+    check_normalizer(normalizer, reduction)
+    check_int("ignore_index", ignore_index)
+    check_int("chunk_size", chunk_size, low=1, allow_none=True)
+
+
+# Devices on which ignored tokens are dropped before the matmuls (needs their count on the host).
+_COMPACT_DEVICES: tuple[str, ...] = ("cpu",)
+
+
+def _plan(
+    valid: torch.Tensor | None,
+    n: int,
+    vocab: int,
+    n_buffers: int,
+    chunk_size: int | None,
+    device: torch.device,
+) -> _k.RowPlan:
+    cs = chunk_size if chunk_size is not None else _k.auto_chunk_size(n, vocab, n_buffers)
+    # Dropping ignored rows needs their count on the host: free on CPU, a sync elsewhere.
+    compact = device.type in _COMPACT_DEVICES and not torch.compiler.is_compiling()
+    return _k.plan_rows(valid, n, cs, compact=compact)
+
+
+def _finish(
+    out: torch.Tensor | None,
+    plan: _k.RowPlan,
+    reduction: str,
+    normalizer: Normalizer,
+    out_shape: tuple[int, ...],
+    zero_of: tuple[torch.Tensor | None, ...],
+) -> torch.Tensor:
+    """Apply the reduction to the kernel's sum / per-token output; ``out is None`` means nothing counts."""
+    if out is None:
+        zero = connected_zero(*zero_of)
+        zero = zero.to(compute_dtype(zero))
+        return zero.expand(out_shape).clone() if reduction == "none" else zero
+    if reduction == "none":
+        return out.reshape(out_shape)
+    if reduction == "sum":
+        return out
+    if normalizer is not None:
+        return out / normalizer
+    count = plan.count
+    if isinstance(count, int):
+        return out / max(count, 1)
+    return out / count.to(out.dtype).clamp_min(1.0)
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    reduction: str = "mean",
+    normalizer: Normalizer = None,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    r"""Cross-entropy of a linear head, ``CE(hidden @ weight.T + bias, target)``, without the logits.
+
+    .. math::
+        s = h W^\top + b,\quad s \leftarrow c \tanh(s / c)\ \text{(if softcap } c\text{)},\quad
+        \operatorname{lse} = \log\sum_j e^{s_j}
+
+        \ell = (1 - \varepsilon)(\operatorname{lse} - s_t)
+               + \varepsilon\,(\operatorname{lse} - \tfrac1V \textstyle\sum_j s_j)
+               + \lambda_z \operatorname{lse}^2
+
+    Label smoothing ``eps`` follows :func:`torch.nn.functional.cross_entropy`; the z-loss
+    ``lambda_z lse^2`` is PaLM's (Chowdhery et al. 2022) auxiliary term that keeps the softmax
+    normaliser near 1; ``softcap`` is Gemma 2's logit soft-capping. Tokens whose target is
+    ``ignore_index`` contribute nothing and leave the mean's denominator. The fused, chunked
+    computation follows Liger-Kernel (Hsu et al. 2024) and Cut Your Losses (Wijmans et al. 2024):
+    the ``(N, V)`` logits are never materialised, only one ``(C, V)`` chunk at a time.
+
+    Args:
+        hidden: ``(N, H)`` or ``(B, L, H)`` hidden states (float32/float64/bfloat16/float16).
+        weight: ``(V, H)`` head weight, same dtype as ``hidden`` (e.g. ``lm_head.weight``).
+        target: ``(N,)`` / ``(B, L)`` class indices in ``[0, V)`` or ``ignore_index``.
+        bias: optional ``(V,)`` head bias.
+        ignore_index: target value that is ignored.
+        label_smoothing: ``eps`` in ``[0, 1]``.
+        z_loss: ``lambda_z >= 0`` (PaLM uses ``1e-4``).
+        softcap: ``c > 0`` or None (Gemma 2 uses 30 for the final logits).
+        reduction: ``'mean'`` (over counted tokens), ``'sum'``, or ``'none'`` (shape of ``target``,
+            zero at ignored tokens).
+        normalizer: with ``'mean'``, divide the sum by this instead (e.g. the number of counted tokens
+            in the whole accumulation window).
+        chunk_size: tokens per chunk; default: as many as fit a 32 MiB float32 logits buffer.
+
+    Returns:
+        float32 loss (float64 for float64 inputs), scalar or of ``target``'s shape.
+
+    Memory and time: the forward pass also computes the gradients (the backward rescales them in
+    place by ``grad_output``), so the autograd graph holds ``grad_hidden`` and ``grad_weight``
+    (float32) instead of logits. With ``reduction='none'`` the forward saves nothing but the inputs
+    and the backward recomputes each chunk, exact for any per-token cotangent. On CPU the ignored
+    tokens are skipped before the matmuls. Under ``torch.no_grad()`` (or when no input requires
+    grad) no gradient work is done; inputs that do not require grad (a frozen head) get none either.
+
+    Not supported: double backward (``create_graph=True``). A second backward through a retained
+    graph recomputes the gradients (exact, costs another pass). ``torch.compile(fullgraph=True)``
+    traces it (see the module notes).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> hidden = torch.randn(6, 4, generator=g, requires_grad=True)
+        >>> weight = torch.randn(10, 4, generator=g, requires_grad=True)
+        >>> target = torch.tensor([1, 2, -100, 4, 9, 0])
+        >>> loss = linear_cross_entropy(hidden, weight, target, chunk_size=4)
+        >>> eager = torch.nn.functional.cross_entropy(hidden @ weight.T, target)
+        >>> torch.allclose(loss, eager)
+        True
+        >>> loss.backward()
+        >>> weight.grad.shape
+        torch.Size([10, 4])
+    """
+    _check_options(chunk_size, ignore_index, reduction, normalizer)
+    check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+    check_number("z_loss", z_loss, low=0.0)
+    check_number("softcap", softcap, low=0.0, low_open=True, allow_none=True)
+    _check_head("hidden", hidden, "weight", weight, "bias", bias)
+    flat_t = _check_tokens_target(target, hidden, weight.shape[0], ignore_index, "hidden")
+    h2 = hidden.reshape(-1, hidden.shape[-1])
+    head = _k.CrossEntropyHead(
+        flat_t,
+        vocab=weight.shape[0],
+        ignore_index=ignore_index,
+        label_smoothing=float(label_smoothing),
+        z_loss=float(z_loss),
+        softcap=None if softcap is None else float(softcap),
+    )
+    plan = _plan(
+        flat_t != ignore_index, h2.shape[0], weight.shape[0], head.n_buffers, chunk_size, hidden.device
+    )
+    out = None
+    if not (isinstance(plan.count, int) and plan.count == 0):
+        out = _k.linear_token_loss(h2, weight, bias, head, plan, per_token=reduction == "none")
+    return _finish(out, plan, reduction, normalizer, tuple(target.shape), (hidden, weight, bias))
+
+
+class LinearCrossEntropyLoss(nn.Module):
+    """Module form of :func:`linear_cross_entropy`; holds configuration only (the head weight is an input).
+
+    Example:
+        >>> loss_fn = LinearCrossEntropyLoss(label_smoothing=0.1)
+        >>> hidden, weight = torch.randn(2, 5, 8), torch.randn(50, 8)
+        >>> loss_fn(hidden, weight, torch.randint(0, 50, (2, 5))).shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        reduction: str = "mean",
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        _check_options(chunk_size, ignore_index, reduction, None)
+        check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+        check_number("z_loss", z_loss, low=0.0)
+        check_number("softcap", softcap, low=0.0, low_open=True, allow_none=True)
+        self.ignore_index = ignore_index
+        self.label_smoothing = float(label_smoothing)
+        self.z_loss = float(z_loss)
+        self.softcap = None if softcap is None else float(softcap)
+        self.reduction = reduction
+        self.chunk_size = chunk_size
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        target: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        normalizer: Normalizer = None,
+    ) -> torch.Tensor:
+        return linear_cross_entropy(
+            hidden,
+            weight,
+            target,
+            bias,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            z_loss=self.z_loss,
+            softcap=self.softcap,
+            reduction=self.reduction,
+            normalizer=normalizer,
+            chunk_size=self.chunk_size,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
+            f"softcap={self.softcap}, reduction={self.reduction!r}"
+        )
+
+
+# ----------------------------------------------------------------------------- distillation
+
+
+def linear_kd_loss(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    target: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+    beta: float = 0.0,
+    reduction: str = "mean",
+    normalizer: Normalizer = None,
+    chunk_size: int | None = None,
+    student_bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""Token-level distillation through both LM heads without materialising either logits matrix.
+
+    With ``p_S = softmax(z_S / T)``, ``p_T = softmax(z_T / T)``, ``z = h W^T + b``, and
+    ``M = beta p_T + (1 - beta) p_S`` (generalised JSD of GKD, Agarwal et al. 2024):
+
+    .. math::
+        \ell = \begin{cases}
+            \mathrm{KL}(p_T \,\|\, p_S) & \beta = 0 \text{ (forward KL, Hinton KD)} \\
+            \mathrm{KL}(p_S \,\|\, p_T) & \beta = 1 \text{ (reverse KL, MiniLLM)} \\
+            \beta\,\mathrm{KL}(p_T \,\|\, M) + (1 - \beta)\,\mathrm{KL}(p_S \,\|\, M) & \text{otherwise}
+        \end{cases}
+
+    As in TRL's ``generalized_jsd_loss``, ``beta = 0`` and ``beta = 1`` are special-cased: the
+    mixture form tends to 0 at both ends, so the value jumps there (``beta = 0.5`` is the JSD).
+
+    Temperature: the value is the divergence between the *softened* distributions, **not**
+    multiplied by ``T^2`` (like TRL's GKD and Liger's fused JSD). For Hinton's scaling, which keeps
+    gradient magnitudes comparable across temperatures, multiply the result by ``T**2``.
+
+    Only the student receives gradients (hidden, weight, bias); the teacher's inputs are detached.
+    Tokens with ``target == ignore_index`` are excluded (``target=None``: every token counts).
+    Chunking, grads-in-forward, ``reduction``/``normalizer`` and the compile note are as in
+    :func:`linear_cross_entropy`.
+
+    Args:
+        student_hidden: ``(N, Hs)`` or ``(B, L, Hs)``; student_weight: ``(V, Hs)``.
+        teacher_hidden: ``(N, Ht)`` or ``(B, L, Ht)``; teacher_weight: ``(V, Ht)`` (same ``V``).
+        target: optional class indices ``(N,)`` / ``(B, L)``, only used for masking.
+        temperature: ``T > 0``. beta: in ``[0, 1]``.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> hs, ws = torch.randn(6, 4, generator=g), torch.randn(10, 4, generator=g)
+        >>> ht, wt = torch.randn(6, 8, generator=g), torch.randn(10, 8, generator=g)
+        >>> loss = linear_kd_loss(hs, ws, ht, wt, temperature=2.0)
+        >>> log_ps = torch.log_softmax(hs @ ws.T / 2, -1)
+        >>> log_pt = torch.log_softmax(ht @ wt.T / 2, -1)
+        >>> eager = torch.nn.functional.kl_div(log_ps, log_pt, log_target=True, reduction="sum") / 6
+        >>> torch.allclose(loss, eager)
+        True
+    """
+    _check_options(chunk_size, ignore_index, reduction, normalizer)
+    check_number("temperature", temperature, low=0.0, low_open=True)
+    check_number("beta", beta, low=0.0, high=1.0)
+    _check_head(
+        "student_hidden", student_hidden, "student_weight", student_weight, "student_bias", student_bias
+    )
+    _check_head(
+        "teacher_hidden", teacher_hidden, "teacher_weight", teacher_weight, "teacher_bias", teacher_bias
+    )
+    if tuple(teacher_hidden.shape[:-1]) != tuple(student_hidden.shape[:-1]):
+        raise LossValueError(
+            f"teacher_hidden has shape {shape_str(teacher_hidden.shape)}, expected leading dimensions "
+            f"{shape_str(student_hidden.shape[:-1])} to match student_hidden of shape "
+            f"{shape_str(student_hidden.shape)}"
+        )
+    if teacher_weight.shape[0] != student_weight.shape[0]:
+        raise LossValueError(
+            f"teacher_weight has {teacher_weight.shape[0]} rows, expected {student_weight.shape[0]} like "
+            "student_weight (teacher and student must share the vocabulary)"
+        )
+    check_same_device(("student_hidden", student_hidden), ("teacher_hidden", teacher_hidden))
+    vocab = student_weight.shape[0]
+    hs = student_hidden.reshape(-1, student_hidden.shape[-1])
+    ht = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
+    valid = None
+    out_shape = tuple(student_hidden.shape[:-1])
+    if target is not None:
+        flat_t = _check_tokens_target(target, student_hidden, vocab, ignore_index, "student_hidden")
+        valid = flat_t != ignore_index
+    head = _k.DistillHead(
+        ht,
+        teacher_weight.detach(),
+        None if teacher_bias is None else teacher_bias.detach(),
+        temperature=float(temperature),
+        beta=float(beta),
+    )
+    plan = _plan(valid, hs.shape[0], vocab, head.n_buffers + 1, chunk_size, student_hidden.device)
+    out = None
+    if hs.shape[0] > 0 and not (isinstance(plan.count, int) and plan.count == 0):
+        out = _k.linear_token_loss(
+            hs, student_weight, student_bias, head, plan, per_token=reduction == "none"
+        )
+    return _finish(
+        out, plan, reduction, normalizer, out_shape, (student_hidden, student_weight, student_bias)
+    )
+
+
+class LinearKDLoss(nn.Module):
+    """Module form of :func:`linear_kd_loss`; holds configuration only.
+
+    Example:
+        >>> loss_fn = LinearKDLoss(temperature=2.0, beta=0.5)
+        >>> hs, ws, ht, wt = torch.randn(3, 4), torch.randn(20, 4), torch.randn(3, 6), torch.randn(20, 6)
+        >>> float(loss_fn(hs, ws, ht, wt)) >= 0
+        True
+    """
+
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        beta: float = 0.0,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        _check_options(chunk_size, ignore_index, reduction, None)
+        check_number("temperature", temperature, low=0.0, low_open=True)
+        check_number("beta", beta, low=0.0, high=1.0)
+        self.temperature = float(temperature)
+        self.beta = float(beta)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.chunk_size = chunk_size
+
+    def forward(
+        self,
+        student_hidden: torch.Tensor,
+        student_weight: torch.Tensor,
+        teacher_hidden: torch.Tensor,
+        teacher_weight: torch.Tensor,
+        target: torch.Tensor | None = None,
+        student_bias: torch.Tensor | None = None,
+        teacher_bias: torch.Tensor | None = None,
+        normalizer: Normalizer = None,
+    ) -> torch.Tensor:
+        return linear_kd_loss(
+            student_hidden,
+            student_weight,
+            teacher_hidden,
+            teacher_weight,
+            target,
+            ignore_index=self.ignore_index,
+            temperature=self.temperature,
+            beta=self.beta,
+            reduction=self.reduction,
+            normalizer=normalizer,
+            chunk_size=self.chunk_size,
+            student_bias=student_bias,
+            teacher_bias=teacher_bias,
+        )
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, beta={self.beta}, reduction={self.reduction!r}"
+
+
+_FAMILY = "language"
+register(
+    "linear_cross_entropy",
+    LinearCrossEntropyLoss,
+    family=_FAMILY,
+    functional=linear_cross_entropy,
+    source="Liger-Kernel (Hsu et al. 2024); Cut Your Losses (Wijmans et al. 2024)",
+    notes="fused chunked LM-head CE: no (N, V) logits; label smoothing, PaLM z-loss, softcap",
+)
+register(
+    "linear_kd",
+    LinearKDLoss,
+    family=_FAMILY,
+    functional=linear_kd_loss,
+    source="GKD (Agarwal et al. 2024)",
+    notes="fused chunked LM-head distillation: forward/reverse KL, generalised JSD; no T^2 factor",
+)

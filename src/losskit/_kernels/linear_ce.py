@@ -1,0 +1,538 @@
+"""Chunked fused ``linear -> per-token loss`` for large vocabularies (private).
+
+The ``(N, V)`` logits of ``hidden @ weight.T`` are never materialised. Tokens are processed in chunks
+of ``C`` rows; each chunk's logits live in one reusable ``(C, V)`` buffer that a *head* turns, in
+place, into the per-token losses and the gradient of those losses w.r.t. the logits. The driver then
+contracts that gradient at once into the gradients of ``hidden`` (``g @ W``), ``weight``
+(``grad_W += g.T @ h``, accumulated in float32 for half inputs) and ``bias`` (``g.sum(0)``).
+
+Two modes of :class:`FusedLinearLoss`:
+
+* ``per_token=False`` (scalar reductions): the forward returns the *sum* of the token losses and
+  computes every needed gradient on the way (grads-in-forward, as Liger-Kernel and Apple's
+  cut-cross-entropy do); the backward only rescales them, in place, by ``grad_output`` (so the
+  caller's ``/ count`` or ``/ normalizer`` and any later ``loss * c`` are honoured). A second
+  backward through the same graph (``retain_graph=True``) recomputes the gradients exactly from the
+  saved inputs instead of reusing buffers already handed to autograd.
+* ``per_token=True`` (``reduction='none'``): the forward computes only the losses; the backward
+  recomputes each chunk's logits and scales every row by its own cotangent, which is exact for any
+  cotangent (precomputed gradients could only be rescaled by one number).
+
+On CPU the ignored tokens are dropped before any matmul (their loss and gradient are zero), which
+needs the count of valid tokens on the host; on accelerators that would be a device sync, so all
+tokens are processed and the ignored rows are masked instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch.autograd.function import once_differentiable
+
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "CrossEntropyHead",
+    "DistillHead",
+    "FusedLinearLoss",
+    "RowPlan",
+    "auto_chunk_size",
+    "linear_token_loss",
+    "plan_rows",
+    "run_chunks",
+]
+
+# Bytes of chunk buffers ((C, V) float32 logits and temporaries). Chosen from measurements on a
+# 2-core x86 CPU (32 MiB L3): larger chunks make the weight-gradient GEMM more efficient, smaller ones
+# keep the element-wise passes in cache and bound the extra memory. See benchmarks/bench_language.py.
+DEFAULT_CHUNK_BYTES = 32 * 2**20
+
+Rows = slice | torch.Tensor
+
+
+def auto_chunk_size(n_rows: int, vocab: int, n_buffers: int = 1, budget: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Rows per chunk so that ``n_buffers`` float32 ``(C, vocab)`` buffers fit in ``budget`` bytes.
+
+    Rounded down to a multiple of 8 (GEMM friendly), at least 1 and at most ``n_rows``.
+    """
+    c = budget // max(1, 4 * vocab * n_buffers)
+    if c >= 16:
+        c -= c % 8
+    return int(max(1, min(c, max(n_rows, 1))))
+
+
+@dataclass
+class RowPlan:
+    """Which rows each chunk processes.
+
+    ``chunks`` are slices (contiguous rows) or index tensors (valid rows only, CPU). When
+    ``valid`` is not None the chunks also contain ignored rows that must be masked.
+    ``count`` is the number of valid rows: a Python int when known on the host, else a tensor.
+    """
+
+    chunks: list[Rows]
+    valid: torch.Tensor | None
+    count: int | torch.Tensor
+    chunk_size: int
+
+    @property
+    def masked(self) -> bool:
+        return self.valid is not None
+
+
+def plan_rows(valid: torch.Tensor | None, n: int, chunk_size: int, *, compact: bool) -> RowPlan:
+    """Split ``n`` rows into chunks of ``chunk_size``; with ``compact`` skip rows where ``valid`` is False."""
+    if valid is None:
+        return RowPlan(
+            [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)], None, n, chunk_size
+        )
+    if not compact:
+        count = valid.sum()
+        return RowPlan(
+            [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)], valid, count, chunk_size
+        )
+    idx = valid.nonzero().squeeze(1)  # host sync: fine on CPU
+    count = int(idx.numel())
+    if count == n:
+        return plan_rows(None, n, chunk_size, compact=True)
+    return RowPlan(list(idx.split(chunk_size)), None, count, chunk_size)
+
+
+def _rows_of(x: torch.Tensor, rows: Rows) -> torch.Tensor:
+    return x[rows] if isinstance(rows, slice) else x.index_select(0, rows)
+
+
+class _Buffers:
+    """Per-call reusable chunk buffers, allocated on first use."""
+
+    def __init__(self) -> None:
+        self._store: dict[str, torch.Tensor] = {}
+
+    def get(self, key: str, rows: int, cols: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        buf = self._store.get(key)
+        if buf is None or buf.shape[0] < rows or buf.shape[1] != cols or buf.dtype != dtype:
+            buf = torch.empty(rows, cols, dtype=dtype, device=like.device)
+            self._store[key] = buf
+        return buf[:rows]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def logits_into(
+    out: torch.Tensor,
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    half_buf: torch.Tensor | None,
+) -> torch.Tensor:
+    """``out = h @ weight.T (+ bias)`` in ``out``'s dtype. Half inputs: GEMM in their dtype, then upcast."""
+    if half_buf is None:
+        if bias is None:
+            torch.mm(h, weight.t(), out=out)
+        else:
+            torch.addmm(bias, h, weight.t(), out=out)
+        return out
+    torch.mm(h, weight.t(), out=half_buf)
+    out.copy_(half_buf)
+    if bias is not None:
+        out.add_(bias)
+    return out
+
+
+_log_softmax_out = torch.ops.aten._log_softmax.out
+
+
+def log_softmax_(z: torch.Tensor) -> torch.Tensor:
+    """Row-wise log-softmax written over ``z`` itself (one fused kernel, no temporary)."""
+    _log_softmax_out(z, 1, False, out=z)
+    return z
+
+
+class TokenHead(Protocol):
+    """Turns a chunk of logits into per-token losses and, in place, into d(loss)/d(logits)."""
+
+    n_buffers: int
+
+    def __call__(
+        self,
+        z: torch.Tensor,
+        rows: Rows,
+        row_scale: torch.Tensor | None,
+        need_grad: bool,
+        masked: bool,
+        bufs: _Buffers,
+    ) -> torch.Tensor: ...
+
+
+class CrossEntropyHead:
+    r"""Token cross-entropy with label smoothing, z-loss and logit soft-capping.
+
+    With ``s = cap * tanh(x / cap)`` (or ``s = x``), ``lse = logsumexp(s)``:
+    ``loss = lse - (1 - eps) s_t - eps / V * sum_j s_j + z_loss * lse^2`` and
+    ``d loss / d s = p (1 + 2 z_loss lse) - (1 - eps) onehot_t - eps / V``, times ``1 - tanh^2`` for
+    the soft cap.
+    """
+
+    def __init__(
+        self,
+        target: torch.Tensor,
+        *,
+        vocab: int,
+        ignore_index: int,
+        label_smoothing: float,
+        z_loss: float,
+        softcap: float | None,
+    ) -> None:
+        self.target = target
+        self.vocab = vocab
+        self.ignore_index = ignore_index
+        self.eps = float(label_smoothing)
+        self.z_loss = float(z_loss)
+        self.softcap = None if softcap is None else float(softcap)
+        self.n_buffers = 1 if softcap is None else 2
+
+    def __call__(
+        self,
+        z: torch.Tensor,
+        rows: Rows,
+        row_scale: torch.Tensor | None,
+        need_grad: bool,
+        masked: bool,
+        bufs: _Buffers,
+    ) -> torch.Tensor:
+        c = z.shape[0]
+        t = _rows_of(self.target, rows)
+        if masked:
+            t = t.masked_fill(t == self.ignore_index, 0)
+        t2 = t.unsqueeze(1)
+        cap = self.softcap
+        tb = None
+        if cap is not None:
+            tb = bufs.get("tanh", c, z.shape[1], z, z.dtype)
+            torch.div(z, cap, out=tb)
+            tb.tanh_()
+            torch.mul(tb, cap, out=z)
+        z_t = z.gather(1, t2).squeeze(1) if self.z_loss else None
+        log_softmax_(z)
+        logp_t = z.gather(1, t2).squeeze(1)
+        eps = self.eps
+        loss = logp_t * (eps - 1.0)
+        if eps:
+            loss = loss - (eps / self.vocab) * z.sum(1)
+        lse = None
+        if z_t is not None:
+            lse = z_t - logp_t
+            loss = loss + self.z_loss * lse * lse
+        if not need_grad:
+            return loss
+        z.exp_()  # softmax probabilities
+        factor = None if lse is None else 1.0 + (2.0 * self.z_loss) * lse
+        if row_scale is not None:
+            factor = row_scale if factor is None else factor * row_scale
+        if factor is not None:
+            z.mul_(factor.unsqueeze(1))
+        if row_scale is None:
+            hit = z.new_full((c, 1), eps - 1.0)
+        else:
+            hit = (row_scale * (eps - 1.0)).unsqueeze(1)
+        z.scatter_add_(1, t2, hit)
+        if eps:
+            if row_scale is None:
+                z.sub_(eps / self.vocab)
+            else:
+                z.sub_((row_scale * (eps / self.vocab)).unsqueeze(1))
+        if tb is not None:
+            tb.mul_(tb)
+            z.addcmul_(z, tb, value=-1.0)  # z * (1 - tanh^2)
+        return loss
+
+
+class DistillHead:
+    r"""Generalised Jensen-Shannon divergence between teacher and student token distributions.
+
+    ``p_S = softmax(z_S / T)``, ``p_T = softmax(z_T / T)``, ``M = beta p_T + (1 - beta) p_S``;
+    ``beta = 0``: ``KL(p_T || p_S)``; ``beta = 1``: ``KL(p_S || p_T)``; otherwise
+    ``beta KL(p_T || M) + (1 - beta) KL(p_S || M)``. Teacher logits are recomputed per chunk from
+    the teacher's hidden states and head weight and never receive gradients.
+    """
+
+    def __init__(
+        self,
+        teacher_hidden: torch.Tensor,
+        teacher_weight: torch.Tensor,
+        teacher_bias: torch.Tensor | None,
+        *,
+        temperature: float,
+        beta: float,
+    ) -> None:
+        self.th = teacher_hidden
+        self.tw = teacher_weight
+        cdt = compute_dtype(teacher_hidden.dtype)
+        self.tb = None if teacher_bias is None else teacher_bias.to(cdt)
+        self.temperature = float(temperature)
+        self.beta = float(beta)
+        self.n_buffers = 2 if self.beta in (0.0, 1.0) else 3
+        self.n_buffers += 1 if teacher_hidden.dtype != cdt else 0
+
+    def __call__(
+        self,
+        z: torch.Tensor,
+        rows: Rows,
+        row_scale: torch.Tensor | None,
+        need_grad: bool,
+        masked: bool,
+        bufs: _Buffers,
+    ) -> torch.Tensor:
+        c, v = z.shape
+        b = self.beta
+        half = self.th.dtype != z.dtype
+        tz = bufs.get("teacher", c, v, z, z.dtype)
+        hb = bufs.get("teacher_half", c, v, z, self.th.dtype) if half else None
+        logits_into(tz, _rows_of(self.th, rows), self.tw, self.tb, hb)
+        inv_t = 1.0 / self.temperature
+        if inv_t != 1.0:
+            z.mul_(inv_t)
+            tz.mul_(inv_t)
+        log_softmax_(z)  # log p_S
+        log_softmax_(tz)  # log p_T
+        d = bufs.get("diff", c, v, z, z.dtype)
+        factor = inv_t
+        if b == 0.0:  # forward KL(p_T || p_S); d/dz_S = p_S - p_T
+            torch.sub(tz, z, out=d)
+            tz.exp_()
+            d.mul_(tz)
+            loss = d.sum(1)
+            if need_grad:
+                z.exp_()
+                z.sub_(tz)
+        elif b == 1.0:  # reverse KL(p_S || p_T); d/dz_S = p_S (log p_S - log p_T - KL)
+            torch.sub(z, tz, out=d)
+            z.exp_()
+            torch.mul(z, d, out=tz)
+            loss = tz.sum(1)
+            if need_grad:
+                d.sub_(loss.unsqueeze(1))
+                z.mul_(d)
+        else:
+            e = bufs.get("extra", c, v, z, z.dtype)
+            torch.add(tz, math.log(b), out=d)
+            torch.add(z, math.log1p(-b), out=e)
+            torch.logaddexp(d, e, out=d)  # log M
+            torch.sub(tz, d, out=e)  # log p_T - log M
+            tz.exp_()
+            e.mul_(tz)
+            loss = b * e.sum(1)
+            d.neg_().add_(z)  # log p_S - log M
+            z.exp_()  # p_S
+            torch.mul(z, d, out=e)
+            kl_s = e.sum(1)
+            loss = loss + (1.0 - b) * kl_s
+            if need_grad:  # d/dz_S = (1 - beta) p_S (log p_S - log M - KL(p_S || M))
+                d.sub_(kl_s.unsqueeze(1))
+                z.mul_(d)
+                factor *= 1.0 - b
+        if need_grad:
+            if row_scale is not None:
+                z.mul_((row_scale * factor).unsqueeze(1))
+            elif factor != 1.0:
+                z.mul_(factor)
+        return loss
+
+
+def run_chunks(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    head: TokenHead,
+    plan: RowPlan,
+    *,
+    need_h: bool = False,
+    need_w: bool = False,
+    need_b: bool = False,
+    row_scale: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Per-token losses ``(N,)`` (zero where ignored) and the requested gradients of their weighted sum.
+
+    ``row_scale`` (``(N,)``) weights each token's gradient (the cotangent of ``reduction='none'``).
+    Gradients: ``grad_h`` in ``hidden``'s dtype, ``grad_w`` and ``grad_b`` in the compute dtype
+    (float32 for half inputs).
+    """
+    n, hdim = hidden.shape
+    v = weight.shape[0]
+    cdt = compute_dtype(hidden.dtype)
+    dev = hidden.device
+    b = None if bias is None else bias.to(cdt)
+
+    losses = torch.zeros(n, dtype=cdt, device=dev)
+    grad_h = grad_w = grad_b = None
+    compact = any(not isinstance(r, slice) for r in plan.chunks)
+    if need_h:
+        grad_h = (torch.zeros if compact else torch.empty)(n, hdim, dtype=hidden.dtype, device=dev)
+    if need_w:
+        grad_w = torch.zeros(v, hdim, dtype=cdt, device=dev)
+    if need_b:
+        grad_b = torch.zeros(v, dtype=cdt, device=dev)
+    if not plan.chunks:
+        return losses, grad_h, grad_w, grad_b
+    _chunk_loop(hidden, weight, b, head, plan, losses, grad_h, grad_w, grad_b, row_scale)
+    return losses, grad_h, grad_w, grad_b
+
+
+def _chunk_loop(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    b: torch.Tensor | None,
+    head: TokenHead,
+    plan: RowPlan,
+    losses: torch.Tensor,
+    grad_h: torch.Tensor | None,
+    grad_w: torch.Tensor | None,
+    grad_b: torch.Tensor | None,
+    row_scale: torch.Tensor | None,
+) -> None:
+    hdim = hidden.shape[1]
+    v = weight.shape[0]
+    cdt = losses.dtype
+    dev = hidden.device
+    half = hidden.dtype != cdt
+    need_h, need_w, need_b = grad_h is not None, grad_w is not None, grad_b is not None
+    need_grad = need_h or need_w or need_b
+    compact = any(not isinstance(r, slice) for r in plan.chunks)
+    cs = plan.chunk_size
+    zbuf = torch.empty(cs, v, dtype=cdt, device=dev)
+    zhalf = torch.empty(cs, v, dtype=hidden.dtype, device=dev) if half else None
+    ghbuf = torch.empty(cs, hdim, dtype=hidden.dtype, device=dev) if (need_h and compact) else None
+    bufs = _Buffers()  # the head's temporaries, freed when the pass ends
+
+    for rows in plan.chunks:
+        h_c = _rows_of(hidden, rows)
+        c = h_c.shape[0]
+        z = zbuf[:c]
+        zh = None if zhalf is None else zhalf[:c]
+        logits_into(z, h_c, weight, b, zh)
+
+        rs = None
+        valid_c = None
+        if plan.valid is not None:
+            valid_c = _rows_of(plan.valid, rows)
+            rs = valid_c.to(cdt)
+        if row_scale is not None:
+            r = _rows_of(row_scale, rows).to(cdt)
+            rs = r if rs is None else rs * r
+
+        loss_c = head(z, rows, rs, need_grad, plan.masked, bufs)
+        if valid_c is not None:
+            loss_c = torch.where(valid_c, loss_c, loss_c.new_zeros(()))
+        if isinstance(rows, slice):
+            losses[rows] = loss_c
+        else:
+            losses.index_copy_(0, rows, loss_c)
+        if not need_grad:
+            continue
+
+        if need_h:
+            g_in = z if zh is None else zh.copy_(z)
+            if isinstance(rows, slice):
+                torch.mm(g_in, weight, out=grad_h[rows])  # type: ignore[index]
+            else:
+                gh = ghbuf[:c]  # type: ignore[index]
+                torch.mm(g_in, weight, out=gh)
+                grad_h.index_copy_(0, rows, gh)  # type: ignore[union-attr]
+        if need_w:
+            grad_w.addmm_(z.t(), h_c if not half else h_c.to(cdt))  # type: ignore[union-attr]
+        if need_b:
+            grad_b.add_(z.sum(0))  # type: ignore[union-attr]
+
+
+class FusedLinearLoss(torch.autograd.Function):
+    """``sum_i loss_i`` (``per_token=False``) or ``(loss_i)_i`` of ``head(hidden @ weight.T + bias)``."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        head: TokenHead,
+        plan: RowPlan,
+        per_token: bool,
+        need_h: bool,
+        need_w: bool,
+        need_b: bool,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(hidden, weight, bias)
+        ctx.head, ctx.plan, ctx.per_token = head, plan, per_token
+        ctx.need = (need_h, need_w, need_b)
+        if per_token:
+            losses = run_chunks(hidden, weight, bias, head, plan)[0]
+            ctx.grads = None
+            return losses
+        losses, gh, gw, gb = run_chunks(
+            hidden, weight, bias, head, plan, need_h=need_h, need_w=need_w, need_b=need_b
+        )
+        ctx.grads = (gh, gw, gb)
+        return losses.sum()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        hidden, weight, bias = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.need
+        if ctx.per_token:
+            _, gh, gw, gb = run_chunks(
+                hidden,
+                weight,
+                bias,
+                ctx.head,
+                ctx.plan,
+                need_h=need_h,
+                need_w=need_w,
+                need_b=need_b,
+                row_scale=grad_out.reshape(-1),
+            )
+        else:
+            grads = ctx.grads
+            # The buffers are handed to autograd (and may become ``.grad``): never touch them again.
+            ctx.grads = None
+            if grads is None:  # second backward through a retained graph: recompute, exactly
+                _, gh, gw, gb = run_chunks(
+                    hidden, weight, bias, ctx.head, ctx.plan, need_h=need_h, need_w=need_w, need_b=need_b
+                )
+            else:
+                gh, gw, gb = grads
+            scale = grad_out.reshape(())
+            for g in (gh, gw, gb):
+                if g is not None:
+                    g.mul_(scale.to(g.dtype))
+        if gw is not None and gw.dtype != weight.dtype:
+            gw = gw.to(weight.dtype)
+        if gb is not None and bias is not None and gb.dtype != bias.dtype:
+            gb = gb.to(bias.dtype)
+        return gh, gw, gb, None, None, None, None, None, None
+
+
+def linear_token_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    head: TokenHead,
+    plan: RowPlan,
+    *,
+    per_token: bool,
+) -> torch.Tensor:
+    """Sum (or per-token vector) of ``head``'s losses, differentiable w.r.t. hidden, weight and bias.
+
+    Gradient work is done only for inputs that require grad, and none under ``torch.no_grad()``.
+    """
+    grad_on = torch.is_grad_enabled()
+    need_h = grad_on and hidden.requires_grad
+    need_w = grad_on and weight.requires_grad
+    need_b = grad_on and bias is not None and bias.requires_grad
+    if not (need_h or need_w or need_b):
+        losses = run_chunks(hidden, weight, bias, head, plan)[0]
+        return losses if per_token else losses.sum()
+    return FusedLinearLoss.apply(hidden, weight, bias, head, plan, per_token, need_h, need_w, need_b)
