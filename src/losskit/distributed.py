@@ -430,11 +430,13 @@ def ddp_normalizer(
         local_count: this rank's count — a bool mask, a number, a tensor (summed), or a list/tuple
             of those (summed).
         group: process group (default: the world).
-        min_value: if given, the result is at least this (e.g. ``1.0`` reproduces the RetinaNet /
-            Detectron2 ``max(num_pos / W, 1)`` normaliser).
+        min_value: if given, the result is at least this (``1.0`` reproduces Detectron2's
+            ``max(num_pos / W, 1)``).
 
-    A global count of zero (nothing valid on any rank) gives ``1 / W`` instead of 0, so the loss is
-    a finite ``0`` rather than NaN.
+    A global count of zero (nothing valid on any rank) is replaced by 1, giving ``1 / W``: the loss
+    is a finite ``0`` rather than NaN, and for integer counts the result is ``max(1, N) / W``, the
+    exact DDP form of the one-process ``max(1, N_pos)`` of RetinaNet-style detection losses (no
+    ``min_value`` needed; ``min_value=1.0`` is Detectron2's coarser ``max(N / W, 1)``).
 
     Example:
         >>> ddp_normalizer(torch.tensor([True, True, False]))  # single process: the local count
