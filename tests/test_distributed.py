@@ -127,6 +127,9 @@ def token_batch(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return x, y.masked_fill(~valid, -100), target
 
 
+CLASS_WEIGHT = torch.tensor([1.0, 2.0, 0.5, 1.5, 3.0], dtype=DT)
+
+
 def _token_run(variant: str) -> dict[str, Any]:
     rows = _rows(4, None, _rank_or_none())
 
@@ -143,6 +146,13 @@ def _token_run(variant: str) -> dict[str, Any]:
         elif variant == "losskit_ce":
             loss = losskit.functional.cross_entropy_loss(
                 out.flatten(0, 1), y.flatten(), ignore_index=-100, normalizer=D.ddp_normalizer(valid)
+            )
+        elif variant == "reference_ce_weighted":  # torch: sum(w_y l) / sum(w_y) over valid tokens
+            loss = F.cross_entropy(out.flatten(0, 1), y.flatten(), weight=CLASS_WEIGHT, ignore_index=-100)
+        elif variant == "losskit_ce_weighted":  # the normaliser is the global sum of the weights
+            w_tokens = CLASS_WEIGHT[y[valid]]
+            loss = losskit.functional.cross_entropy_loss(
+                out.flatten(0, 1), y.flatten(), CLASS_WEIGHT, normalizer=D.ddp_normalizer(w_tokens)
             )
         elif variant == "naive_mean":  # per-rank token mean, averaged by DDP: a mean of means
             loss = F.cross_entropy(out.flatten(0, 1), y.flatten(), ignore_index=-100)
@@ -171,7 +181,7 @@ def test_token_batches_have_uneven_valid_counts():
 
 
 def test_ddp_token_mean_matches_single_process():
-    variants = ["sum_over_normalizer", "losskit_ce", "naive_mean", "losskit_huber"]
+    variants = ["sum_over_normalizer", "losskit_ce", "naive_mean", "losskit_huber", "losskit_ce_weighted"]
     results = run_distributed(_token_worker, variants)
     _assert_ranks_agree([r["sum_over_normalizer"] for r in results])
     ref_ce, ref_huber = _token_run("reference_ce"), _token_run("reference_huber")
@@ -179,6 +189,7 @@ def test_ddp_token_mean_matches_single_process():
     _assert_same_run(got["sum_over_normalizer"], ref_ce)
     _assert_same_run(got["losskit_ce"], ref_ce)
     _assert_same_run(got["losskit_huber"], ref_huber)
+    _assert_same_run(got["losskit_ce_weighted"], _token_run("reference_ce_weighted"))
     # The per-rank mean weighs rank 1's 3 tokens like rank 0's 11: a different gradient.
     assert _grad_gap(got["naive_mean"], ref_ce) > 0.05
 
