@@ -1,10 +1,11 @@
 """Dice loss forward+backward: losskit vs the eager composition a user writes, and F.cross_entropy.
 
 Multiclass, class-index target, (16, 4, 128, 128) float32 logits on CPU by default. Reports the median
-of >= 10 timed runs after warm-up, and the bytes saved for backward (unique storages seen by
-``torch.autograd.graph.saved_tensors_hooks``). The machine may be shared: compare the ratios.
+of >= 10 timed runs after warm-up (implementations interleaved), and the bytes saved for backward
+(distinct storages seen by ``torch.autograd.graph.saved_tensors_hooks``, the logits and target
+included when they are saved). The machine may be shared: compare the ratios.
 
-    python benchmarks/bench_dice.py [--shape 16 4 128 128] [--threads 2] [--runs 15]
+    python benchmarks/bench_dice.py [--shape 16 4 128 128] [--threads 2] [--runs 15] [--with-kernel]
 """
 
 from __future__ import annotations
@@ -40,18 +41,16 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def saved_bytes(fn: Callable, logits: torch.Tensor, target: torch.Tensor) -> int:
-    """Bytes of the distinct storages autograd keeps for backward (inputs themselves excluded)."""
+    """Bytes of the distinct storages autograd keeps for backward, the logits and target included
+    when they are saved (a loss that keeps its input holds it alive for the backward pass)."""
     seen: dict[int, int] = {}
-    leaf_ptr = logits.untyped_storage().data_ptr()
 
     def pack(t: torch.Tensor):
         st = t.untyped_storage()
-        if st.data_ptr() != leaf_ptr:
-            seen[st.data_ptr()] = st.nbytes()
+        seen[st.data_ptr()] = st.nbytes()
         return t
 
-    x = logits.detach().requires_grad_(True)
-    leaf_ptr = x.untyped_storage().data_ptr()
+    x = logits.detach().clone().requires_grad_(True)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = fn(x, target)
     loss.backward()
@@ -82,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--with-kernel", action="store_true", help="also time the compiled private kernel class_sums"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     n, c, h, w = args.shape
@@ -98,6 +100,17 @@ def main(argv: list[str] | None = None) -> None:
         ("losskit dice_loss", losskit_dice),
         ("F.cross_entropy", cross_entropy),
     ]
+    if args.with_kernel:
+        from losskit._kernels.overlap import class_sums
+
+        def kernel_dice(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            tp, ps, gs = class_sums(x, t)
+            return (1.0 - 2.0 * tp / (ps + gs).clamp_min(1e-7)).mean()
+
+        t0 = time.perf_counter()
+        kernel_dice(logits.detach().clone().requires_grad_(True), target).backward()
+        print(f"_kernels.overlap.class_sums: first call (compilation) {time.perf_counter() - t0:.1f} s")
+        impls.append(("_kernels.overlap.class_sums (compiled)", kernel_dice))
     medians = time_fwd_bwd([fn for _, fn in impls], logits, target, args.runs, args.warmup)
     rows = [
         (name, 1e3 * sec, saved_bytes(fn, logits, target) / 2**20) for (name, fn), sec in zip(impls, medians)

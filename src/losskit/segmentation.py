@@ -39,6 +39,12 @@ penalised); MONAI's default ``smooth_dr = 1e-5`` gives ~1 with a vanishing gradi
 **ignore_index** (class-index targets only): ignored positions leave every sum, for prediction and
 target alike. An image whose positions are all ignored contributes the empty-mask value (0).
 
+**Speed and memory**: multi-class logits with class-index targets go through the fused kernel
+:func:`losskit._kernels.overlap.class_sums` (no one-hot tensor; backward keeps only the logits and
+indices and recomputes the softmax). For large inputs it is compiled on first use (seconds to a
+minute on a small CPU, then cached; ``LOSSKIT_COMPILE_KERNELS=0`` keeps it eager). Other modes and
+dense targets use plain tensor code.
+
 **Reduction**: the per-(image, class) losses ``(N, C)`` (``(C,)`` with ``batch_dice``) are what
 ``reduction='none'`` returns; ``'mean'`` averages them (weighted by the per-class ``weight`` when
 given: ``sum(w_c l_nc) / sum(w_c)`` over entries; MONAI multiplies by the weight and divides by
@@ -69,6 +75,7 @@ from ._checks import (
     shape_str,
     value_checks_enabled,
 )
+from ._kernels.overlap import class_sums, class_sums_supports
 from ._reduction import reduce_loss, upcast
 from .registry import register
 
@@ -182,9 +189,11 @@ def _overlap_stats(
 
     x = upcast(input)
     dtype = x.dtype
-    fused = mode == "multiclass" and from_logits and target.dim() == input.dim() - 1
+    # multi-class logits with class indices: the fused kernel (softmax and sums in one pass, softmax
+    # recomputed in backward from the saved logits) whenever it covers the call
+    fused = mode == "multiclass" and from_logits and input.numel() > 0 and class_sums_supports(input, target)
     if fused:
-        p = x  # the softmax happens inside _SoftmaxIndexSums
+        p = x  # the softmax happens inside the kernel
     elif from_logits:
         p = torch.softmax(x, dim=1) if mode == "multiclass" else torch.sigmoid(x)
     else:
@@ -216,25 +225,22 @@ def _overlap_stats(
             if valid is not None:
                 p = p * valid.unsqueeze(1).to(dtype)
             tp, psum, gsum = (p * g).sum(spatial), _power_sum(p, squared, spatial), g.sum(spatial)
+        elif fused:
+            tp, psum, gsum = class_sums(input, target, ignore_index, squared)
         else:
             # class indices: TP_c = sum of p_c over the positions labelled c, without a one-hot tensor
             size = math.prod(input.shape[2:])
             t = target if valid is None else torch.where(valid, target, torch.zeros_like(target))
             idx = t.reshape(n, size).long()
-            flat_valid = None if valid is None else valid.reshape(n, size)
-            if fused:
-                tp, psum = _SoftmaxIndexSums.apply(x.reshape(n, num_classes, size), idx, flat_valid, squared)
-            else:
-                flat_p = p.reshape(n, num_classes, size)
-                if flat_valid is not None:
-                    flat_p = flat_p * flat_valid.unsqueeze(1).to(dtype)
-                p_true = flat_p.gather(1, idx.unsqueeze(1)).squeeze(1)
-                tp = flat_p.new_zeros(n, num_classes).scatter_add(1, idx, p_true)
-                psum = _power_sum(flat_p, squared, (2,))
+            flat_p = p.reshape(n, num_classes, size)
             if valid is None:
                 ones = torch.ones((), dtype=dtype, device=x.device).expand(n, size)
             else:
-                ones = flat_valid.to(dtype)
+                ones = valid.reshape(n, size).to(dtype)
+                flat_p = flat_p * ones.unsqueeze(1)
+            p_true = flat_p.gather(1, idx.unsqueeze(1)).squeeze(1)
+            tp = flat_p.new_zeros(n, num_classes).scatter_add(1, idx, p_true)
+            psum = _power_sum(flat_p, squared, (2,))
             gsum = torch.zeros(n, num_classes, dtype=dtype, device=x.device).scatter_add(1, idx, ones)
     else:
         if ignore_index is not None:
@@ -258,59 +264,6 @@ def _overlap_stats(
     if not include_background:
         tp, psum, gsum = tp[..., 1:], psum[..., 1:], gsum[..., 1:]
     return tp, psum - tp, gsum - tp
-
-
-class _SoftmaxIndexSums(torch.autograd.Function):
-    """``(TP, sum p)`` per (image, class) of ``p = softmax(x)`` for class-index targets, fused.
-
-    ``x`` is ``(N, C, S)`` logits, ``idx`` ``(N, S)`` int64 class indices (ignored positions hold any
-    valid class), ``valid`` ``(N, S)`` bool or None. ``sum p`` is ``sum p^2`` with ``squared``.
-    Only ``p`` and a compact copy of the indices are kept for backward (no one-hot tensor, no int64
-    index, no masked copy of ``p``); the backward pass is the closed form of the softmax Jacobian:
-
-        dL/dx_c = p_c (A_c - sum_k p_k A_k) + [c = t] p_t dL/dTP_t,
-        A_c = m * dL/d(sum p)_c  (or 2 m p_c dL/d(sum p^2)_c),  m = valid
-    """
-
-    @staticmethod
-    def forward(ctx, x, idx, valid, squared):  # type: ignore[override]
-        p = torch.softmax(x, dim=1)
-        pm = p if valid is None else p * valid.unsqueeze(1).to(p.dtype)
-        p_true = pm.gather(1, idx.unsqueeze(1)).squeeze(1)
-        tp = pm.new_zeros(x.shape[0], x.shape[1]).scatter_add(1, idx, p_true)
-        psum = (pm * pm).sum(2) if squared else pm.sum(2)
-        small = idx.to(torch.uint8) if x.shape[1] <= 256 else idx
-        ctx.save_for_backward(p, small, valid)
-        ctx.squared = squared
-        return tp, psum
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g_tp, g_ps):  # type: ignore[override]
-        p, small, valid = ctx.saved_tensors
-        idx = small.long().unsqueeze(1)
-        m = None if valid is None else valid.unsqueeze(1).to(p.dtype)
-        if g_ps is None:
-            g_ps = p.new_zeros(p.shape[:2])
-        if g_tp is None:
-            g_tp = p.new_zeros(p.shape[:2])
-        coef = g_tp.gather(1, idx.squeeze(1)).unsqueeze(1)  # dL/dTP at each position's class
-        if m is not None:
-            coef = coef * m
-        p_true_coef = p.gather(1, idx) * coef
-        a = g_ps.unsqueeze(2)
-        if ctx.squared or m is not None:
-            if ctx.squared:
-                a = 2.0 * a * (p if m is None else p * m)
-            if m is not None:
-                a = a * m
-            dot = (p * a).sum(1, keepdim=True)
-        else:
-            # A_c = dL/d(sum p)_c is the same at every position: sum_c p_c A_c is one batched matmul
-            dot = torch.bmm(g_ps.unsqueeze(1), p)
-        grad = torch.sub(a, dot.add_(p_true_coef)).mul_(p)
-        grad.scatter_add_(1, idx, p_true_coef)
-        return grad, None, None, None
 
 
 def _power_sum(p: torch.Tensor, squared: bool, dims: tuple[int, ...]) -> torch.Tensor:
