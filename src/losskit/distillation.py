@@ -784,7 +784,7 @@ register(
     family=_FAMILY,
     functional=kd_loss,
     source="Hinton et al. 2015",
-    notes="T^2 KL(teacher || student); `batchmean`/`mean`/`sum`/`none`",
+    notes="T^2 KL(p_teacher ‖ p_student); batchmean / mean / sum / none",
 )
 register(
     "distillation",
