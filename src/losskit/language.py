@@ -130,28 +130,45 @@ def _plan(
     return _k.plan_rows(valid, n, cs, compact=compact)
 
 
-def _finish(
-    out: torch.Tensor | None,
+def _sum_scale(plan: _k.RowPlan, reduction: str, normalizer: Normalizer) -> float:
+    """The mean's ``1 / denominator`` when it is a host number (folded into the kernel's GEMMs), else 1."""
+    if reduction != "mean":
+        return 1.0
+    if normalizer is None:
+        return 1.0 / max(plan.count, 1) if isinstance(plan.count, int) else 1.0
+    if isinstance(normalizer, torch.Tensor):
+        return 1.0
+    return 1.0 / float(normalizer)
+
+
+def _run(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    head: _k.TokenHead,
     plan: _k.RowPlan,
     reduction: str,
     normalizer: Normalizer,
     out_shape: tuple[int, ...],
     zero_of: tuple[torch.Tensor | None, ...],
 ) -> torch.Tensor:
-    """Apply the reduction to the kernel's sum / per-token output; ``out is None`` means nothing counts."""
-    if out is None:
+    """Run the kernel and apply the reduction; nothing to count gives a graph-connected zero."""
+    if hidden.shape[0] == 0 or (isinstance(plan.count, int) and plan.count == 0):
         zero = connected_zero(*zero_of)
         zero = zero.to(compute_dtype(zero))
         return zero.expand(out_shape).clone() if reduction == "none" else zero
     if reduction == "none":
+        out = _k.linear_token_loss(hidden, weight, bias, head, plan, per_token=True)
         return out.reshape(out_shape)
-    if reduction == "sum":
+    scale = _sum_scale(plan, reduction, normalizer)
+    out = _k.linear_token_loss(hidden, weight, bias, head, plan, per_token=False, scale=scale)
+    if reduction == "sum" or scale != 1.0:
         return out
     if normalizer is not None:
         return out / normalizer
     count = plan.count
     if isinstance(count, int):
-        return out / max(count, 1)
+        return out  # count == 1
     return out / count.to(out.dtype).clamp_min(1.0)
 
 
@@ -201,7 +218,7 @@ def linear_cross_entropy(
             zero at ignored tokens).
         normalizer: with ``'mean'``, divide the sum by this instead (e.g. the number of counted tokens
             in the whole accumulation window).
-        chunk_size: tokens per chunk; default: as many as fit a 32 MiB float32 logits buffer.
+        chunk_size: tokens per chunk; default: as many as fit a 48 MiB float32 logits buffer.
 
     Returns:
         float32 loss (float64 for float64 inputs), scalar or of ``target``'s shape.
@@ -248,10 +265,9 @@ def linear_cross_entropy(
     plan = _plan(
         flat_t != ignore_index, h2.shape[0], weight.shape[0], head.n_buffers, chunk_size, hidden.device
     )
-    out = None
-    if not (isinstance(plan.count, int) and plan.count == 0):
-        out = _k.linear_token_loss(h2, weight, bias, head, plan, per_token=reduction == "none")
-    return _finish(out, plan, reduction, normalizer, tuple(target.shape), (hidden, weight, bias))
+    return _run(
+        h2, weight, bias, head, plan, reduction, normalizer, tuple(target.shape), (hidden, weight, bias)
+    )
 
 
 class LinearCrossEntropyLoss(nn.Module):
@@ -410,14 +426,8 @@ def linear_kd_loss(
         beta=float(beta),
     )
     plan = _plan(valid, hs.shape[0], vocab, head.n_buffers + 1, chunk_size, student_hidden.device)
-    out = None
-    if hs.shape[0] > 0 and not (isinstance(plan.count, int) and plan.count == 0):
-        out = _k.linear_token_loss(
-            hs, student_weight, student_bias, head, plan, per_token=reduction == "none"
-        )
-    return _finish(
-        out, plan, reduction, normalizer, out_shape, (student_hidden, student_weight, student_bias)
-    )
+    zero_of = (student_hidden, student_weight, student_bias)
+    return _run(hs, student_weight, student_bias, head, plan, reduction, normalizer, out_shape, zero_of)
 
 
 class LinearKDLoss(nn.Module):

@@ -44,10 +44,11 @@ __all__ = [
     "run_chunks",
 ]
 
-# Bytes of chunk buffers ((C, V) float32 logits and temporaries). Chosen from measurements on a
-# 2-core x86 CPU (32 MiB L3): larger chunks make the weight-gradient GEMM more efficient, smaller ones
-# keep the element-wise passes in cache and bound the extra memory. See benchmarks/bench_language.py.
-DEFAULT_CHUNK_BYTES = 32 * 2**20
+# Bytes of chunk buffers ((C, V) float32 logits and temporaries). Measured on a 2-core x86 CPU with
+# N=4096, H=1024, V=32000 (benchmarks/bench_language.py): CPU time falls as chunks grow (the
+# weight-gradient GEMM ``grad_W += g.T @ h`` rereads grad_W once per chunk: K = C must not be small),
+# while peak memory grows by the buffer. 48 MiB (C = 384 there) sits between C = 256 and 512.
+DEFAULT_CHUNK_BYTES = 48 * 2**20
 
 Rows = slice | torch.Tensor
 
@@ -55,10 +56,13 @@ Rows = slice | torch.Tensor
 def auto_chunk_size(n_rows: int, vocab: int, n_buffers: int = 1, budget: int = DEFAULT_CHUNK_BYTES) -> int:
     """Rows per chunk so that ``n_buffers`` float32 ``(C, vocab)`` buffers fit in ``budget`` bytes.
 
-    Rounded down to a multiple of 8 (GEMM friendly), at least 1 and at most ``n_rows``.
+    Rounded down to a multiple of 64 from 128 rows up, of 8 from 16 up (GEMM friendly); at least 1
+    and at most ``n_rows``.
     """
     c = budget // max(1, 4 * vocab * n_buffers)
-    if c >= 16:
+    if c >= 128:
+        c -= c % 64
+    elif c >= 16:
         c -= c % 8
     return int(max(1, min(c, max(n_rows, 1))))
 
@@ -354,10 +358,12 @@ def run_chunks(
     need_w: bool = False,
     need_b: bool = False,
     row_scale: torch.Tensor | None = None,
+    scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Per-token losses ``(N,)`` (zero where ignored) and the requested gradients of their weighted sum.
 
-    ``row_scale`` (``(N,)``) weights each token's gradient (the cotangent of ``reduction='none'``).
+    ``row_scale`` (``(N,)``) weights each token's gradient (the cotangent of ``reduction='none'``);
+    ``scale`` multiplies every gradient (the ``1 / count`` of a mean), the losses are not scaled.
     Gradients: ``grad_h`` in ``hidden``'s dtype, ``grad_w`` and ``grad_b`` in the compute dtype
     (float32 for half inputs).
     """
@@ -378,7 +384,7 @@ def run_chunks(
         grad_b = torch.zeros(v, dtype=cdt, device=dev)
     if not plan.chunks:
         return losses, grad_h, grad_w, grad_b
-    _chunk_loop(hidden, weight, b, head, plan, losses, grad_h, grad_w, grad_b, row_scale)
+    _chunk_loop(hidden, weight, b, head, plan, losses, grad_h, grad_w, grad_b, row_scale, scale)
     return losses, grad_h, grad_w, grad_b
 
 
@@ -393,6 +399,7 @@ def _chunk_loop(
     grad_w: torch.Tensor | None,
     grad_b: torch.Tensor | None,
     row_scale: torch.Tensor | None,
+    scale: float,
 ) -> None:
     hdim = hidden.shape[1]
     v = weight.shape[0]
@@ -434,22 +441,24 @@ def _chunk_loop(
         if not need_grad:
             continue
 
+        # ``scale`` rides on the GEMMs' alpha: no extra pass over the gradients
         if need_h:
             g_in = z if zh is None else zh.copy_(z)
-            if isinstance(rows, slice):
-                torch.mm(g_in, weight, out=grad_h[rows])  # type: ignore[index]
-            else:
-                gh = ghbuf[:c]  # type: ignore[index]
+            gh = grad_h[rows] if isinstance(rows, slice) else ghbuf[:c]  # type: ignore[index]
+            if scale == 1.0:
                 torch.mm(g_in, weight, out=gh)
+            else:
+                torch.addmm(gh, g_in, weight, beta=0.0, alpha=scale, out=gh)
+            if not isinstance(rows, slice):
                 grad_h.index_copy_(0, rows, gh)  # type: ignore[union-attr]
         if need_w:
-            grad_w.addmm_(z.t(), h_c if not half else h_c.to(cdt))  # type: ignore[union-attr]
+            grad_w.addmm_(z.t(), h_c if not half else h_c.to(cdt), alpha=scale)  # type: ignore[union-attr]
         if need_b:
-            grad_b.add_(z.sum(0))  # type: ignore[union-attr]
+            grad_b.add_(z.sum(0), alpha=scale)  # type: ignore[union-attr]
 
 
 class FusedLinearLoss(torch.autograd.Function):
-    """``sum_i loss_i`` (``per_token=False``) or ``(loss_i)_i`` of ``head(hidden @ weight.T + bias)``."""
+    """``scale * sum_i loss_i`` (``per_token=False``) or ``(loss_i)_i`` of ``head(hidden @ weight.T + b)``."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -460,22 +469,23 @@ class FusedLinearLoss(torch.autograd.Function):
         head: TokenHead,
         plan: RowPlan,
         per_token: bool,
+        scale: float,
         need_h: bool,
         need_w: bool,
         need_b: bool,
     ) -> torch.Tensor:
         ctx.save_for_backward(hidden, weight, bias)
-        ctx.head, ctx.plan, ctx.per_token = head, plan, per_token
+        ctx.head, ctx.plan, ctx.per_token, ctx.scale = head, plan, per_token, scale
         ctx.need = (need_h, need_w, need_b)
         if per_token:
             losses = run_chunks(hidden, weight, bias, head, plan)[0]
             ctx.grads = None
             return losses
         losses, gh, gw, gb = run_chunks(
-            hidden, weight, bias, head, plan, need_h=need_h, need_w=need_w, need_b=need_b
+            hidden, weight, bias, head, plan, need_h=need_h, need_w=need_w, need_b=need_b, scale=scale
         )
         ctx.grads = (gh, gw, gb)
-        return losses.sum()
+        return losses.sum() * scale
 
     @staticmethod
     @once_differentiable
@@ -500,19 +510,30 @@ class FusedLinearLoss(torch.autograd.Function):
             ctx.grads = None
             if grads is None:  # second backward through a retained graph: recompute, exactly
                 _, gh, gw, gb = run_chunks(
-                    hidden, weight, bias, ctx.head, ctx.plan, need_h=need_h, need_w=need_w, need_b=need_b
+                    hidden,
+                    weight,
+                    bias,
+                    ctx.head,
+                    ctx.plan,
+                    need_h=need_h,
+                    need_w=need_w,
+                    need_b=need_b,
+                    scale=ctx.scale,
                 )
             else:
                 gh, gw, gb = grads
-            scale = grad_out.reshape(())
-            for g in (gh, gw, gb):
-                if g is not None:
-                    g.mul_(scale.to(g.dtype))
+            # One in-place pass per gradient, skipped for the usual grad_output == 1 where reading the
+            # value is free (CPU; elsewhere it would be a device sync).
+            g = grad_out.reshape(())
+            if g.device.type != "cpu" or torch.compiler.is_compiling() or float(g) != 1.0:
+                for t in (gh, gw, gb):
+                    if t is not None:
+                        t.mul_(g.to(t.dtype))
         if gw is not None and gw.dtype != weight.dtype:
             gw = gw.to(weight.dtype)
         if gb is not None and bias is not None and gb.dtype != bias.dtype:
             gb = gb.to(bias.dtype)
-        return gh, gw, gb, None, None, None, None, None, None
+        return gh, gw, gb, None, None, None, None, None, None, None
 
 
 def linear_token_loss(
@@ -523,8 +544,10 @@ def linear_token_loss(
     plan: RowPlan,
     *,
     per_token: bool,
+    scale: float = 1.0,
 ) -> torch.Tensor:
-    """Sum (or per-token vector) of ``head``'s losses, differentiable w.r.t. hidden, weight and bias.
+    """``scale *`` sum (or the per-token vector) of ``head``'s losses, differentiable w.r.t. hidden,
+    weight and bias. ``scale`` (for the sum only) is folded into the gradient GEMMs.
 
     Gradient work is done only for inputs that require grad, and none under ``torch.no_grad()``.
     """
@@ -534,5 +557,5 @@ def linear_token_loss(
     need_b = grad_on and bias is not None and bias.requires_grad
     if not (need_h or need_w or need_b):
         losses = run_chunks(hidden, weight, bias, head, plan)[0]
-        return losses if per_token else losses.sum()
-    return FusedLinearLoss.apply(hidden, weight, bias, head, plan, per_token, need_h, need_w, need_b)
+        return losses if per_token else losses.sum() * scale
+    return FusedLinearLoss.apply(hidden, weight, bias, head, plan, per_token, scale, need_h, need_w, need_b)
