@@ -105,9 +105,10 @@ def run_case(
 
 
 def run_scaling(case: Case, *, dtype: torch.dtype, threads: int, repeat: int) -> list[dict[str, Any]]:
-    """Total time and held bytes of the losskit / eager / native variants across shapes."""
+    """Total time and held bytes of the losskit / kernel / eager / native variants across shapes."""
     out = []
-    variants = [v for v in case.variants() if v.fn is not None and v.role in ("losskit", "eager", "native")]
+    roles = ("losskit", "kernel", "eager", "native")
+    variants = [v for v in case.variants() if v.fn is not None and v.role in roles]
     for shape in case.scaling:
         args, grad_idx = case.make(shape, dtype, 0)
         times = time_variants({v.name: v.fn for v in variants}, args, grad_idx, repeat=repeat)
