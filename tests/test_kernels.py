@@ -165,6 +165,16 @@ def test_sigmoid_focal_gamma_below_one_saturated_is_finite():
     assert torch.isfinite(loss) and torch.isfinite(g).all()
 
 
+def test_bool_targets_match_float_targets():
+    x = torch.randn(5, 4, generator=gen(9))
+    t = torch.rand(5, 4, generator=gen(10)) > 0.5
+    assert sigmoid_focal_supports(x, t) and asymmetric_supports(x, t)
+    torch.testing.assert_close(
+        sigmoid_focal(x, t, 0.25, 2.0, None, "sum"), sigmoid_focal(x, t.float(), 0.25, 2.0, None, "sum")
+    )
+    torch.testing.assert_close(asymmetric(x, t, reduction="sum"), asymmetric(x, t.float(), reduction="sum"))
+
+
 def test_sigmoid_focal_supports():
     x, t = torch.randn(3, 4), torch.rand(3, 4)
     assert sigmoid_focal_supports(x, t)

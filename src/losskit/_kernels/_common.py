@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ELEMENT_REDUCTIONS", "float_dtype", "sigmoid_parts", "supported_float", "tiny"]
+__all__ = [
+    "ELEMENT_REDUCTIONS",
+    "float_dtype",
+    "sigmoid_parts",
+    "supported_float",
+    "supported_target",
+    "tiny",
+]
 
 ELEMENT_REDUCTIONS = ("none", "mean", "sum")
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -13,6 +20,11 @@ _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 def supported_float(*tensors: torch.Tensor | None) -> bool:
     """Every given tensor is fp32/fp64/fp16/bf16 (half types are computed in float32)."""
     return all(t is None or t.dtype in _FLOATS for t in tensors)
+
+
+def supported_target(t: torch.Tensor) -> bool:
+    """Element-wise targets: a supported float dtype or bool (converted inside the kernel)."""
+    return t.dtype == torch.bool or t.dtype in _FLOATS
 
 
 def float_dtype(x: torch.Tensor) -> torch.dtype:

@@ -21,7 +21,16 @@ from collections.abc import Callable
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._common import ELEMENT_REDUCTIONS, dpow, float_dtype, ipow, scale_for, sigmoid_parts, supported_float
+from ._common import (
+    ELEMENT_REDUCTIONS,
+    dpow,
+    float_dtype,
+    ipow,
+    scale_for,
+    sigmoid_parts,
+    supported_float,
+    supported_target,
+)
 from ._compile import run_kernel
 
 __all__ = ["asymmetric", "asymmetric_supports"]
@@ -92,7 +101,7 @@ def asymmetric_supports(
     mask: torch.Tensor | None = None,
     reduction: str = "mean",
 ) -> bool:
-    """Whether :func:`asymmetric` covers this call: fp32/fp64/fp16/bf16 ``input`` and ``target`` of
+    """Whether :func:`asymmetric` covers this call: fp32/fp64/fp16/bf16 ``input``, float or bool ``target`` of
     the same shape and device, no ``weight``/``mask``, ``reduction`` in ('none', 'mean', 'sum'), target
     not requiring grad, not inside an outer ``torch.compile`` trace. (A ``normalizer`` is
     ``asymmetric(..., reduction='sum') / normalizer``.)"""
@@ -103,7 +112,8 @@ def asymmetric_supports(
     if not (isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor)):
         return False
     return (
-        supported_float(input, target)
+        supported_float(input)
+        and supported_target(target)
         and target.shape == input.shape
         and target.device == input.device
         and not target.requires_grad

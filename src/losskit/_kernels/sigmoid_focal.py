@@ -26,7 +26,16 @@ from collections.abc import Callable
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._common import ELEMENT_REDUCTIONS, dpow, float_dtype, ipow, scale_for, sigmoid_parts, supported_float
+from ._common import (
+    ELEMENT_REDUCTIONS,
+    dpow,
+    float_dtype,
+    ipow,
+    scale_for,
+    sigmoid_parts,
+    supported_float,
+    supported_target,
+)
 from ._compile import run_kernel
 
 __all__ = ["sigmoid_focal", "sigmoid_focal_supports"]
@@ -108,7 +117,7 @@ def sigmoid_focal_supports(
 ) -> bool:
     """Whether :func:`sigmoid_focal` covers this call.
 
-    Covered: float32/float64/float16/bfloat16 ``input`` and ``target`` of the same shape on the same
+    Covered: float32/float64/float16/bfloat16 ``input``, a float or bool ``target`` of the same shape on the same
     device, ``pos_weight`` (optional) broadcastable to it, no ``mask``/``weight``/``normalizer``,
     ``reduction`` in ('none', 'mean', 'sum'), targets and ``pos_weight`` not requiring grad, and not
     inside an outer ``torch.compile`` trace (there the eager composition is compiled as a whole).
@@ -119,7 +128,9 @@ def sigmoid_focal_supports(
         return False
     if not (isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor)):
         return False
-    if not supported_float(input, target) or target.shape != input.shape or target.requires_grad:
+    if not supported_float(input) or not supported_target(target):
+        return False
+    if target.shape != input.shape or target.requires_grad:
         return False
     if target.device != input.device:
         return False
