@@ -8,10 +8,11 @@ contracts that gradient at once into the gradients of ``hidden`` (``g @ W``), ``
 
 Two modes of :class:`FusedLinearLoss`:
 
-* ``per_token=False`` (scalar reductions): the forward returns the *sum* of the token losses and
-  computes every needed gradient on the way (grads-in-forward, as Liger-Kernel and Apple's
-  cut-cross-entropy do); the backward only rescales them, in place, by ``grad_output`` (so the
-  caller's ``/ count`` or ``/ normalizer`` and any later ``loss * c`` are honoured). A second
+* ``per_token=False`` (scalar reductions): the forward returns ``scale * sum`` of the token losses
+  and computes every needed gradient on the way (grads-in-forward, as Liger-Kernel and Apple's
+  cut-cross-entropy do). ``scale`` (a mean's ``1 / count`` when the count is a host number) rides on
+  the gradient GEMMs' ``alpha``; the backward rescales the gradients in place by ``grad_output`` (a
+  tensor normalizer, ``loss * c``, ...), a pass skipped on CPU when it is exactly 1. A second
   backward through the same graph (``retain_graph=True``) recomputes the gradients exactly from the
   saved inputs instead of reusing buffers already handed to autograd.
 * ``per_token=True`` (``reduction='none'``): the forward computes only the losses; the backward
