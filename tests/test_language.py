@@ -617,5 +617,6 @@ def test_auto_chunk_size():
     assert linear_ce.auto_chunk_size(4096, 32000) == 384  # 48 MiB of float32 logits, multiple of 64
     assert linear_ce.auto_chunk_size(4096, 32000, budget=2**20) == 8
     assert linear_ce.auto_chunk_size(10, 32000) == 10
+    assert linear_ce.auto_chunk_size(1024, 8000) == 128  # at most 1/8 of the tokens per chunk
     assert linear_ce.auto_chunk_size(4096, 10**8) == 1
     assert linear_ce.auto_chunk_size(0, 100) == 1

@@ -57,10 +57,11 @@ Rows = slice | torch.Tensor
 def auto_chunk_size(n_rows: int, vocab: int, n_buffers: int = 1, budget: int = DEFAULT_CHUNK_BYTES) -> int:
     """Rows per chunk so that ``n_buffers`` float32 ``(C, vocab)`` buffers fit in ``budget`` bytes.
 
-    Rounded down to a multiple of 64 from 128 rows up, of 8 from 16 up (GEMM friendly); at least 1
-    and at most ``n_rows``.
+    Also at most ``max(64, n_rows // 8)`` so that small problems still save memory (a single chunk
+    would be the whole logits matrix). Rounded down to a multiple of 64 from 128 rows up, of 8 from
+    16 up (GEMM friendly); at least 1 and at most ``n_rows``.
     """
-    c = budget // max(1, 4 * vocab * n_buffers)
+    c = min(budget // max(1, 4 * vocab * n_buffers), max(64, n_rows // 8))
     if c >= 128:
         c -= c % 64
     elif c >= 16:
