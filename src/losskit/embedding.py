@@ -1,5 +1,928 @@
-"""Embedding losses (being built)."""
+"""Metric-learning (embedding) losses: cosine embedding, contrastive, triplet with batch mining,
+NT-Xent (SimCLR / InfoNCE) and supervised contrastive (SupCon).
+
+Pair losses (:func:`cosine_embedding_loss`, :func:`contrastive_loss`) take two aligned batches and a
+per-pair target. Batch losses (:func:`contrastive_pairs_loss`, :func:`triplet_loss`,
+:func:`nt_xent_loss`, :func:`supcon_loss`) take one batch of embeddings with class labels and compare
+every sample with every other one.
+
+Internally every batch loss is written as *local anchors against a set of candidates*: the anchors'
+embeddings and labels, the candidates' embeddings and labels, and the anchors' offset among the
+candidates (to exclude each anchor's own copy). On one process the candidates are the batch itself and
+the offset is 0; a data-parallel version only has to pass the gathered candidates.
+
+Common rules:
+
+* Half-precision inputs are computed in float32; the loss is returned in float32.
+* Masks never use ``float('inf')``: excluded entries are replaced with ``torch.where`` or with the
+  finite ``torch.finfo(dtype).min`` before a ``logsumexp``.
+* Euclidean distances use a safe square root: the gradient is finite (zero) at ``d = 0``, e.g. for
+  duplicate embeddings.
+* A batch with nothing to compare (``B = 0``, ``B = 1``, a single class, no positive pair) gives a zero
+  that is still connected to the graph, never NaN.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import (
+    LossValueError,
+    check_choice,
+    check_floating,
+    check_int,
+    check_integer,
+    check_ndim,
+    check_number,
+    check_reduction,
+    check_same_device,
+    check_same_shape,
+    check_tensor,
+    shape_str,
+    value_checks_enabled,
+)
+from ._reduction import connected_zero, reduce_loss, upcast
+from .registry import register
+
+__all__ = [
+    "ContrastiveLoss",
+    "ContrastivePairsLoss",
+    "CosineEmbeddingLoss",
+    "NTXentLoss",
+    "SupConLoss",
+    "TripletLoss",
+    "contrastive_loss",
+    "contrastive_pairs_loss",
+    "cosine_embedding_loss",
+    "nt_xent_loss",
+    "supcon_loss",
+    "triplet_loss",
+]
+
+DISTANCES = ("euclidean", "squared_euclidean", "cosine")
+MININGS = ("batch_hard", "batch_semi_hard", "batch_all")
+
+# Squared distances at or below this are treated as exact zeros by the safe square root.
+_SQRT_EPS = 1e-12
+# batch_all processes anchors in chunks of about this many (anchor, positive, negative) entries.
+_BATCH_ALL_BUDGET = 1 << 22
+
+
+# ============================================================================ shared pieces
+
+
+def _safe_sqrt(d2: torch.Tensor) -> torch.Tensor:
+    """``sqrt(d2)`` whose gradient is finite everywhere (zero where ``d2 <= eps``)."""
+    ok = d2 > _SQRT_EPS
+    return torch.where(ok, d2.clamp_min(_SQRT_EPS).sqrt(), d2.new_zeros(()))
+
+
+def _cosine(x1: torch.Tensor, x2: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Row-wise cosine similarity, ``x1 . x2 / (sqrt(|x1|^2 + eps) sqrt(|x2|^2 + eps))`` (torch's form).
+
+    The norms are multiplied after the square roots, so large inputs do not overflow.
+    """
+    dot = (x1 * x2).sum(-1)
+    n1 = ((x1 * x1).sum(-1) + eps).sqrt()
+    n2 = ((x2 * x2).sum(-1) + eps).sqrt()
+    return dot / (n1 * n2)
+
+
+def _paired_distance(x1: torch.Tensor, x2: torch.Tensor, distance: str) -> torch.Tensor:
+    """Distance between aligned rows of ``x1`` and ``x2``."""
+    if distance == "cosine":
+        return 1.0 - _cosine(x1, x2)
+    diff = x1 - x2
+    d2 = (diff * diff).sum(-1)
+    return d2 if distance == "squared_euclidean" else _safe_sqrt(d2)
+
+
+def _distance_matrix(anchors: torch.Tensor, candidates: torch.Tensor, distance: str) -> torch.Tensor:
+    """``(Na, Nc)`` distances between every anchor and every candidate, O(Na Nc) memory.
+
+    ``euclidean`` is ``sqrt(|a|^2 + |c|^2 - 2 a.c)`` through a safe square root, ``squared_euclidean``
+    its square (clamped at 0), ``cosine`` is ``1 - cos(a, c)`` in ``[0, 2]``.
+    """
+    if distance == "cosine":
+        a = F.normalize(anchors, dim=-1)
+        c = F.normalize(candidates, dim=-1)
+        return 1.0 - a @ c.T
+    sq_a = (anchors * anchors).sum(-1)
+    sq_c = (candidates * candidates).sum(-1)
+    d2 = (sq_a[:, None] + sq_c[None, :] - 2.0 * (anchors @ candidates.T)).clamp_min(0.0)
+    return d2 if distance == "squared_euclidean" else _safe_sqrt(d2)
+
+
+def _self_mask(num_anchors: int, num_candidates: int, offset: int, device: torch.device) -> torch.Tensor:
+    """``(Na, Nc)`` bool, True where candidate ``j`` is anchor ``i`` itself (``j == offset + i``)."""
+    rows = torch.arange(num_anchors, device=device) + offset
+    cols = torch.arange(num_candidates, device=device)
+    return rows[:, None] == cols[None, :]
+
+
+def _pair_masks(
+    anchor_labels: torch.Tensor, candidate_labels: torch.Tensor, offset: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(positive, negative, self)`` masks of shape ``(Na, Nc)``.
+
+    Positives share the anchor's label and are not the anchor itself; negatives have another label.
+    """
+    same = anchor_labels[:, None] == candidate_labels[None, :]
+    self_ = _self_mask(anchor_labels.shape[0], candidate_labels.shape[0], offset, anchor_labels.device)
+    return same & ~self_, ~same, self_
+
+
+def _check_embeddings_labels(
+    embeddings: torch.Tensor, labels: torch.Tensor, what: str = "(B, D)"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    check_floating("embeddings", embeddings)
+    check_ndim("embeddings", embeddings, 2, what)
+    check_integer("labels", labels)
+    check_same_device(("embeddings", embeddings), ("labels", labels))
+    if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
+        raise LossValueError(
+            f"labels has shape {shape_str(labels.shape)}, expected ({embeddings.shape[0]},) to match "
+            f"embeddings of shape {shape_str(embeddings.shape)}: one class label per sample"
+        )
+    return upcast(embeddings), labels
+
+
+def _check_temperature(name: str, value: float) -> float:
+    return float(check_number(name, value, low=0.0, low_open=True))
+
+
+def _mean_or_sum(total: torch.Tensor, count: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``total`` for ``'sum'``, ``total / max(count, 1)`` for ``'mean'`` (0, graph-connected, if empty)."""
+    if reduction == "sum":
+        return total
+    return total / count.to(total.dtype).clamp_min(1.0)
+
+
+# ============================================================================ cosine embedding
+
+
+def _check_pair_inputs(
+    x1: torch.Tensor, x2: torch.Tensor, target: torch.Tensor, names: tuple[str, str] = ("input1", "input2")
+) -> None:
+    n1, n2 = names
+    check_floating(n1, x1)
+    check_floating(n2, x2)
+    check_ndim(n1, x1, (1, 2), "(N, D) or (D,)")
+    check_same_shape(n2, x2, n1, x1)
+    check_tensor("target", target)
+    check_same_device((n1, x1), (n2, x2), ("target", target))
+    expected = tuple(x1.shape[:-1])
+    if tuple(target.shape) != expected:
+        raise LossValueError(
+            f"target has shape {shape_str(target.shape)}, expected {shape_str(expected)}: one entry per "
+            f"pair of {n1} of shape {shape_str(x1.shape)}"
+        )
+
+
+def _check_weight(weight: torch.Tensor | None, target: torch.Tensor) -> None:
+    if weight is None:
+        return
+    check_floating("weight", weight)
+    check_same_shape("weight", weight, "target", target)
+
+
+def cosine_embedding_loss(
+    input1: torch.Tensor,
+    input2: torch.Tensor,
+    target: torch.Tensor,
+    margin: float = 0.0,
+    *,
+    weight: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Cosine embedding loss, equal to :func:`torch.nn.functional.cosine_embedding_loss`.
+
+    .. math::
+        \ell(x_1, x_2, y) = \begin{cases} 1 - \cos(x_1, x_2) & y = 1 \\
+        \max(0, \cos(x_1, x_2) - \text{margin}) & y = -1 \end{cases}
+
+    Similar pairs (``y = 1``) are pulled to cosine 1, dissimilar ones (``y = -1``) pushed below
+    ``margin`` (in ``[-1, 1]``; 0 to 0.5 is typical). Targets are **1 / -1**, like torch; 0/1 labels
+    are rejected with an error instead of silently treating 0 as "dissimilar" (torch returns 0 loss
+    for them). ``cos`` is ``x1.x2 / (sqrt(|x1|^2 + 1e-12) sqrt(|x2|^2 + 1e-12))`` as in torch.
+
+    Differences from torch: ``mean`` over an empty batch is a graph-connected 0 (torch gives NaN); an
+    optional per-pair ``weight`` gives ``sum(w l) / sum(w)`` for ``mean``.
+
+    Args:
+        input1, input2: ``(N, D)`` or ``(D,)``.
+        target: ``(N,)`` (or ``()``), values 1 or -1, integer or floating.
+        margin: margin for dissimilar pairs, in ``[-1, 1]``.
+        weight: optional ``(N,)`` per-pair weights.
+        reduction: ``'none' | 'mean' | 'sum'``.
+
+    Example:
+        >>> x1 = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+        >>> x2 = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
+        >>> cosine_embedding_loss(x1, x2, torch.tensor([1, -1]), reduction="none")
+        tensor([1.0000, 0.7071])
+    """
+    check_reduction(reduction)
+    check_number("margin", margin, low=-1.0, high=1.0)
+    _check_pair_inputs(input1, input2, target)
+    _check_weight(weight, target)
+    if value_checks_enabled() and target.numel() > 0:
+        bad = target[(target != 1) & (target != -1)]
+        if bad.numel() > 0:
+            hint = " (for 0/1 labels pass 2 * target - 1)" if bool((bad == 0).all()) else ""
+            raise LossValueError(
+                f"target must contain only 1 (similar) or -1 (dissimilar), got {bad[0].item()!r}{hint}"
+            )
+    x1, x2 = upcast(input1), upcast(input2)
+    cos = _cosine(x1, x2)
+    similar = target > 0
+    loss = torch.where(similar, 1.0 - cos, (cos - float(margin)).clamp_min(0.0))
+    w = None if weight is None else weight.to(loss.dtype)
+    return reduce_loss(loss, reduction, weight=w)
+
+
+class CosineEmbeddingLoss(nn.Module):
+    """Module form of :func:`cosine_embedding_loss` (seed signature ``CosineEmbeddingLoss(margin, reduction)``).
+
+    Example:
+        >>> loss_fn = CosineEmbeddingLoss(margin=0.0)
+        >>> loss_fn(torch.ones(2, 3), torch.ones(2, 3), torch.tensor([1, 1]))
+        tensor(0.)
+    """
+
+    def __init__(self, margin: float = 0.0, reduction: str = "mean") -> None:
+        super().__init__()
+        self.margin = float(check_number("margin", margin, low=-1.0, high=1.0))
+        self.reduction = check_reduction(reduction)
+
+    def forward(
+        self, input1: torch.Tensor, input2: torch.Tensor, target: torch.Tensor, **kwargs
+    ) -> torch.Tensor:
+        return cosine_embedding_loss(input1, input2, target, self.margin, reduction=self.reduction, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}, reduction={self.reduction!r}"
+
+
+# ============================================================================ contrastive (pairs)
+
+
+def contrastive_loss(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    target: torch.Tensor,
+    margin: float = 1.0,
+    distance: str = "euclidean",
+    *,
+    weight: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Contrastive loss for labelled pairs (Hadsell, Chopra & LeCun 2006).
+
+    .. math::
+        \ell(x_1, x_2, y) = \tfrac12\, y\, d^2 + \tfrac12\,(1 - y) \max(0, \text{margin} - d)^2
+
+    with ``d`` the Euclidean distance ``|x1 - x2|`` (or the cosine distance ``1 - cos(x1, x2)``).
+    **Target 1 = similar, 0 = dissimilar** (the paper writes it the other way round, Y = 0 for
+    similar). Similar pairs are pulled together, dissimilar pairs pushed at least ``margin`` apart.
+    Soft targets in ``[0, 1]`` interpolate the two terms; ``-1`` (cosine-embedding style) is rejected.
+    The Euclidean distance has a finite gradient at ``d = 0``.
+
+    Args:
+        x1, x2: ``(N, D)`` or ``(D,)``.
+        target: ``(N,)`` (or ``()``), 1 = similar, 0 = dissimilar.
+        margin: ``> 0``, in distance units.
+        distance: ``'euclidean'`` or ``'cosine'``.
+        weight: optional ``(N,)`` per-pair weights.
+        reduction: ``'none' | 'mean' | 'sum'``; ``mean`` of an empty batch is a graph-connected 0.
+
+    Example:
+        >>> x1 = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
+        >>> x2 = torch.tensor([[3.0, 4.0], [0.3, 0.4]])
+        >>> contrastive_loss(x1, x2, torch.tensor([1, 0]), margin=1.0, reduction="none")
+        tensor([12.5000,  0.1250])
+    """
+    check_reduction(reduction)
+    check_number("margin", margin, low=0.0, low_open=True)
+    check_choice("distance", distance, ("euclidean", "cosine"))
+    _check_pair_inputs(x1, x2, target, ("x1", "x2"))
+    _check_weight(weight, target)
+    if value_checks_enabled() and target.numel() > 0:
+        bad = target[(target < 0) | (target > 1)]
+        if bad.numel() > 0:
+            hint = " (for 1/-1 labels pass (target + 1) / 2)" if bool((bad == -1).all()) else ""
+            raise LossValueError(
+                f"target must be 1 (similar) or 0 (dissimilar), values in [0, 1]; got {bad[0].item()!r}{hint}"
+            )
+    a, b = upcast(x1), upcast(x2)
+    y = target.to(a.dtype)
+    if distance == "euclidean":
+        diff = a - b
+        d2 = (diff * diff).sum(-1)
+        d = _safe_sqrt(d2)
+    else:
+        d = 1.0 - _cosine(a, b)
+        d2 = d * d
+    loss = 0.5 * y * d2 + 0.5 * (1.0 - y) * (float(margin) - d).clamp_min(0.0).square()
+    w = None if weight is None else weight.to(loss.dtype)
+    return reduce_loss(loss, reduction, weight=w)
+
+
+class ContrastiveLoss(nn.Module):
+    """Module form of :func:`contrastive_loss` (pairs with a 1 = similar / 0 = dissimilar target).
+
+    For the label-based form over all pairs of a batch use :class:`ContrastivePairsLoss`.
+
+    Example:
+        >>> ContrastiveLoss(margin=1.0)(torch.zeros(2, 2), torch.zeros(2, 2), torch.tensor([1, 0]))
+        tensor(0.2500)
+    """
+
+    def __init__(self, margin: float = 1.0, distance: str = "euclidean", reduction: str = "mean") -> None:
+        super().__init__()
+        self.margin = float(check_number("margin", margin, low=0.0, low_open=True))
+        self.distance = check_choice("distance", distance, ("euclidean", "cosine"))
+        self.reduction = check_reduction(reduction)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
+        return contrastive_loss(
+            x1, x2, target, self.margin, self.distance, reduction=self.reduction, **kwargs
+        )
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}, distance={self.distance!r}, reduction={self.reduction!r}"
+
+
+# ============================================================================ contrastive (all pairs)
+
+
+def _contrastive_pairs_terms(
+    dist: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, pos_margin: float, neg_margin: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair losses ``relu(d - pos_margin)`` on positives and ``relu(neg_margin - d)`` on negatives."""
+    zero = dist.new_zeros(())
+    pos_loss = torch.where(pos, (dist - pos_margin).clamp_min(0.0), zero)
+    neg_loss = torch.where(neg, (neg_margin - dist).clamp_min(0.0), zero)
+    return pos_loss, neg_loss
+
+
+def contrastive_pairs_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    pos_margin: float = 0.0,
+    neg_margin: float = 1.0,
+    distance: str = "euclidean",
+    *,
+    average: str = "nonzero",
+    normalize_embeddings: bool = False,
+) -> torch.Tensor:
+    r"""Contrastive loss over every pair of a labelled batch (pytorch-metric-learning semantics).
+
+    .. math::
+        L = \frac{\sum_{(i,j) \in P} [d_{ij} - m_+]_+}{n_P} + \frac{\sum_{(i,j) \in N} [m_- - d_{ij}]_+}{n_N}
+
+    ``P`` are the ordered pairs ``i != j`` with the same label, ``N`` those with different labels.
+    With ``average='nonzero'`` (default, pytorch-metric-learning's ``AvgNonZeroReducer``) ``n_P`` and
+    ``n_N`` count only the pairs whose loss is > 0, so easy pairs do not dilute the gradient; with
+    ``average='all'`` they count every positive / negative pair. Each term is 0 when it has no pair.
+
+    The distance is ``'euclidean'``, ``'squared_euclidean'`` or ``'cosine'`` (``1 - cos``), margins in
+    its units. pytorch-metric-learning L2-normalises embeddings by default; here that is
+    ``normalize_embeddings=True``.
+
+    Args:
+        embeddings: ``(B, D)``.
+        labels: ``(B,)`` integer class labels.
+
+    Example:
+        >>> emb = torch.tensor([[0.0, 0.0], [0.0, 0.5], [0.0, 0.8]])
+        >>> contrastive_pairs_loss(emb, torch.tensor([0, 0, 1]), neg_margin=1.0)
+        tensor(0.9500)
+    """
+    check_number("pos_margin", pos_margin, low=0.0)
+    check_number("neg_margin", neg_margin, low=0.0)
+    check_choice("distance", distance, DISTANCES)
+    check_choice("average", average, ("nonzero", "all"))
+    emb, labels = _check_embeddings_labels(embeddings, labels)
+    if emb.shape[0] == 0:
+        return connected_zero(emb)
+    if normalize_embeddings:
+        emb = F.normalize(emb, dim=-1)
+    pos, neg, _ = _pair_masks(labels, labels, 0)
+    dist = _distance_matrix(emb, emb, distance)
+    pos_loss, neg_loss = _contrastive_pairs_terms(dist, pos, neg, float(pos_margin), float(neg_margin))
+    if average == "nonzero":
+        n_pos, n_neg = (pos_loss > 0).sum(), (neg_loss > 0).sum()
+    else:
+        n_pos, n_neg = pos.sum(), neg.sum()
+    return _mean_or_sum(pos_loss.sum(), n_pos, "mean") + _mean_or_sum(neg_loss.sum(), n_neg, "mean")
+
+
+class ContrastivePairsLoss(nn.Module):
+    """Module form of :func:`contrastive_pairs_loss`: ``loss_fn(embeddings, labels)``.
+
+    Example:
+        >>> emb = torch.tensor([[0.0, 0.0], [0.0, 0.5], [0.0, 0.8]])
+        >>> ContrastivePairsLoss(neg_margin=1.0)(emb, torch.tensor([0, 0, 1]))
+        tensor(0.9500)
+    """
+
+    def __init__(
+        self,
+        pos_margin: float = 0.0,
+        neg_margin: float = 1.0,
+        distance: str = "euclidean",
+        average: str = "nonzero",
+        normalize_embeddings: bool = False,
+    ) -> None:
+        super().__init__()
+        self.pos_margin = float(check_number("pos_margin", pos_margin, low=0.0))
+        self.neg_margin = float(check_number("neg_margin", neg_margin, low=0.0))
+        self.distance = check_choice("distance", distance, DISTANCES)
+        self.average = check_choice("average", average, ("nonzero", "all"))
+        self.normalize_embeddings = bool(normalize_embeddings)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return contrastive_pairs_loss(
+            embeddings,
+            labels,
+            self.pos_margin,
+            self.neg_margin,
+            self.distance,
+            average=self.average,
+            normalize_embeddings=self.normalize_embeddings,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"pos_margin={self.pos_margin}, neg_margin={self.neg_margin}, distance={self.distance!r}, "
+            f"average={self.average!r}, normalize_embeddings={self.normalize_embeddings}"
+        )
+
+
+# ============================================================================ triplet with mining
+
+
+def _triplet_hinge(x: torch.Tensor, margin: float, soft_margin: bool) -> torch.Tensor:
+    """``relu(x + margin)`` or, with ``soft_margin``, ``softplus(x)`` (Hermans et al.'s soft margin)."""
+    return F.softplus(x) if soft_margin else (x + margin).clamp_min(0.0)
+
+
+def _batch_hard(
+    dist: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float, soft_margin: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum and count over anchors with a positive and a negative of ``hinge(max d_ap - min d_an)``."""
+    big = torch.finfo(dist.dtype).max
+    hardest_pos = torch.where(pos, dist, dist.new_zeros(())).amax(dim=1)
+    hardest_neg = torch.where(neg, dist, dist.new_full((), big)).amin(dim=1)
+    valid = pos.any(dim=1) & neg.any(dim=1)
+    loss = _triplet_hinge(hardest_pos - hardest_neg, margin, soft_margin)
+    return torch.where(valid, loss, loss.new_zeros(())).sum(), valid.sum()
+
+
+def _batch_semi_hard(
+    dist: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float, soft_margin: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum and count over (anchor, positive) pairs of ``hinge(d_ap - d_an*)`` with FaceNet's negative.
+
+    ``d_an*`` is the smallest negative distance strictly greater than ``d_ap``; when there is none, the
+    smallest negative distance (the hardest negative). Found by sorting each anchor's negative
+    distances and a ``searchsorted``: O(Na Nc log Nc) time, O(Na Nc) memory.
+    """
+    big = torch.finfo(dist.dtype).max
+    neg_sorted, _ = torch.where(neg, dist, dist.new_full((), big)).sort(dim=1)
+    n_neg = neg.sum(dim=1, keepdim=True)
+    idx = torch.searchsorted(neg_sorted.detach(), dist.detach().contiguous(), right=True)
+    semi_hard = idx < n_neg
+    last = max(dist.shape[1] - 1, 0)
+    chosen = neg_sorted.gather(1, idx.clamp_max(last))
+    neg_d = torch.where(semi_hard, chosen, neg_sorted[:, :1])
+    valid = pos & (n_neg > 0)
+    loss = _triplet_hinge(dist - neg_d, margin, soft_margin)
+    return torch.where(valid, loss, loss.new_zeros(())).sum(), valid.sum()
+
+
+def _batch_all(
+    dist: torch.Tensor,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    margin: float,
+    soft_margin: bool,
+    chunk_size: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum over active triplets ``(a, p, n)`` of ``hinge(d_ap - d_an)`` and their count.
+
+    The ``(chunk, Nc, Nc)`` triplet tensors exist only inside ``no_grad``, one anchor chunk at a time;
+    what is kept for backward is O(Na Nc). The hinge is piecewise linear, so the sum over active
+    triplets equals ``sum_ij C_ij d_ij + margin * count`` with ``C_ij`` = (number of active triplets
+    using ``(i, j)`` as anchor-positive) - (number using it as anchor-negative): exact value and
+    gradient. With ``soft_margin`` every valid triplet counts and ``C_ij`` holds the summed
+    ``sigmoid`` slopes; the value is then attached to the graph with the first-order gradient only
+    (no double backward).
+    """
+    na, nc = dist.shape
+    if chunk_size is None:
+        chunk_size = max(1, _BATCH_ALL_BUDGET // max(nc * nc, 1))
+    d = dist.detach()
+    coef = torch.zeros_like(d)
+    count = d.new_zeros((), dtype=torch.long)
+    value = d.new_zeros(())
+    with torch.no_grad():
+        for start in range(0, na, chunk_size):
+            stop = min(start + chunk_size, na)
+            dc = d[start:stop]
+            valid = pos[start:stop, :, None] & neg[start:stop, None, :]
+            t = dc[:, :, None] - dc[:, None, :]
+            if soft_margin:
+                slope = torch.where(valid, torch.sigmoid(t), t.new_zeros(()))
+                value = value + torch.where(valid, F.softplus(t), t.new_zeros(())).sum()
+                count = count + valid.sum()
+            else:
+                active = valid & (t + margin > 0)
+                slope = active.to(d.dtype)
+                count = count + active.sum()
+            coef[start:stop] = slope.sum(dim=2) - slope.sum(dim=1)
+    linear = (dist * coef).sum()
+    if soft_margin:
+        total = linear + (value - linear).detach()
+    else:
+        total = linear + margin * count.to(dist.dtype)
+    return total, count
+
+
+def _triplet_terms(
+    anchors: torch.Tensor,
+    anchor_labels: torch.Tensor,
+    candidates: torch.Tensor,
+    candidate_labels: torch.Tensor,
+    offset: int,
+    *,
+    margin: float,
+    mining: str,
+    distance: str,
+    soft_margin: bool,
+    chunk_size: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of per-item losses, item count) of local anchors against the candidates."""
+    dist = _distance_matrix(anchors, candidates, distance)
+    pos, neg, _ = _pair_masks(anchor_labels, candidate_labels, offset)
+    if mining == "batch_hard":
+        return _batch_hard(dist, pos, neg, margin, soft_margin)
+    if mining == "batch_semi_hard":
+        return _batch_semi_hard(dist, pos, neg, margin, soft_margin)
+    return _batch_all(dist, pos, neg, margin, soft_margin, chunk_size)
+
+
+def triplet_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float = 0.2,
+    mining: str = "batch_hard",
+    distance: str = "euclidean",
+    soft_margin: bool = False,
+    normalize_embeddings: bool = False,
+    *,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    r"""Triplet loss with in-batch mining (Schroff et al. 2015; Hermans, Beyer & Leibe 2017).
+
+    For anchor ``a``, positive ``p`` (same label, ``p != a``) and negative ``n`` (other label):
+
+    .. math::
+        \ell(a, p, n) = \max(0,\ d(a, p) - d(a, n) + \text{margin})
+        \quad\text{or, with soft\_margin,}\quad \log(1 + e^{d(a, p) - d(a, n)})
+
+    ``mining`` chooses the triplets and what ``mean`` divides by:
+
+    * ``'batch_hard'`` (Hermans et al.): per anchor, the farthest positive and the closest negative;
+      mean over anchors that have at least one positive and one negative.
+    * ``'batch_semi_hard'`` (FaceNet, as in TensorFlow Addons): per (anchor, positive) pair, the
+      closest negative *farther* than the positive; when no such negative exists, the closest
+      negative (hardest). TensorFlow Addons falls back to the *farthest* negative instead, which
+      gives a smaller loss. Mean over (anchor, positive) pairs whose anchor has a negative.
+    * ``'batch_all'``: every valid triplet; mean over the **active** triplets (loss > 0), as
+      pytorch-metric-learning's ``AvgNonZeroReducer`` (with ``soft_margin`` every valid triplet is
+      active). Memory is O(B^2): anchors are processed in chunks of ``chunk_size`` (default: about
+      4M triplet entries per chunk) under ``no_grad`` and only a ``(B, B)`` matrix of per-pair
+      gradient coefficients is kept; no ``(B, B, B)`` tensor is ever built for the whole batch.
+
+    ``reduction='sum'`` returns the sum over the same items. Distances: ``'euclidean'`` (finite
+    gradient at ``d = 0``), ``'squared_euclidean'``, ``'cosine'`` (``1 - cos``, in ``[0, 2]``).
+    ``normalize_embeddings=True`` L2-normalises first. The explicit-triplet form is torch's
+    ``TripletMarginLoss`` (registered as ``triplet_margin``).
+
+    Args:
+        embeddings: ``(B, D)``.
+        labels: ``(B,)`` integer class labels.
+        margin: ``>= 0`` (unused with ``soft_margin``).
+        chunk_size: anchors per chunk for ``'batch_all'`` (``None``: automatic).
+
+    Example:
+        >>> emb = torch.tensor([[0.0, 0.0], [0.0, 1.0], [0.0, 0.5], [0.0, 3.0]])
+        >>> triplet_loss(emb, torch.tensor([0, 0, 1, 1]), margin=0.2)
+        tensor(1.0750)
+    """
+    check_number("margin", margin, low=0.0)
+    check_choice("mining", mining, MININGS)
+    check_choice("distance", distance, DISTANCES)
+    check_choice("reduction", reduction, ("mean", "sum"))
+    check_int("chunk_size", chunk_size, low=1, allow_none=True)
+    emb, labels = _check_embeddings_labels(embeddings, labels)
+    if emb.shape[0] == 0:
+        return connected_zero(emb)
+    if normalize_embeddings:
+        emb = F.normalize(emb, dim=-1)
+    total, count = _triplet_terms(
+        emb,
+        labels,
+        emb,
+        labels,
+        0,
+        margin=float(margin),
+        mining=mining,
+        distance=distance,
+        soft_margin=bool(soft_margin),
+        chunk_size=chunk_size,
+    )
+    return _mean_or_sum(total, count, reduction)
+
+
+class TripletLoss(nn.Module):
+    """Module form of :func:`triplet_loss`: ``loss_fn(embeddings, labels)``.
+
+    Example:
+        >>> emb = torch.tensor([[0.0, 0.0], [0.0, 1.0], [0.0, 0.5], [0.0, 3.0]])
+        >>> TripletLoss(margin=0.2, mining="batch_hard")(emb, torch.tensor([0, 0, 1, 1]))
+        tensor(1.0750)
+    """
+
+    def __init__(
+        self,
+        margin: float = 0.2,
+        mining: str = "batch_hard",
+        distance: str = "euclidean",
+        soft_margin: bool = False,
+        normalize_embeddings: bool = False,
+        reduction: str = "mean",
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.margin = float(check_number("margin", margin, low=0.0))
+        self.mining = check_choice("mining", mining, MININGS)
+        self.distance = check_choice("distance", distance, DISTANCES)
+        self.soft_margin = bool(soft_margin)
+        self.normalize_embeddings = bool(normalize_embeddings)
+        self.reduction = check_choice("reduction", reduction, ("mean", "sum"))
+        self.chunk_size = check_int("chunk_size", chunk_size, low=1, allow_none=True)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return triplet_loss(
+            embeddings,
+            labels,
+            self.margin,
+            self.mining,
+            self.distance,
+            self.soft_margin,
+            self.normalize_embeddings,
+            reduction=self.reduction,
+            chunk_size=self.chunk_size,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"margin={self.margin}, mining={self.mining!r}, distance={self.distance!r}, "
+            f"soft_margin={self.soft_margin}, normalize_embeddings={self.normalize_embeddings}"
+        )
+
+
+# ============================================================================ NT-Xent and SupCon
+
+
+def _supcon_terms(
+    anchors: torch.Tensor,
+    anchor_labels: torch.Tensor,
+    candidates: torch.Tensor,
+    candidate_labels: torch.Tensor,
+    offset: int,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-anchor ``-mean_{p in P(i)} log softmax_{j != i}(s_ij / T)[p]`` and the has-positive mask.
+
+    ``anchors`` and ``candidates`` must already be L2-normalised. The anchor itself is excluded from
+    the softmax denominator with ``finfo.min`` (not ``-inf``) and from the positives by a ``where``.
+    """
+    logits = (anchors @ candidates.T) / temperature
+    pos, _, self_ = _pair_masks(anchor_labels, candidate_labels, offset)
+    logits = torch.where(self_, logits.new_full((), torch.finfo(logits.dtype).min), logits)
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    n_pos = pos.sum(dim=1)
+    pos_log_prob = torch.where(pos, log_prob, log_prob.new_zeros(())).sum(dim=1)
+    per_anchor = -pos_log_prob / n_pos.clamp_min(1).to(log_prob.dtype)
+    return per_anchor, n_pos > 0
+
+
+def nt_xent_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float = 0.5,
+    *,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR (Chen et al. 2020).
+
+    .. math::
+        \ell_i = -\log \frac{\exp(\cos(z_i, z_{j(i)}) / \tau)}{\sum_{k \ne i} \exp(\cos(z_i, z_k) / \tau)}
+
+    over the ``2B`` rows of ``[z1; z2]``: ``z1[i]`` and ``z2[i]`` are two views of sample ``i``
+    (each other's positive), the other ``2B - 2`` rows are negatives. The loss is the mean over all
+    ``2B`` anchors (InfoNCE with in-batch negatives, both directions). ``B = 1`` gives 0 (nothing to
+    contrast), ``B = 0`` a graph-connected 0.
+
+    Args:
+        z1, z2: ``(B, D)`` projections of two augmented views (normalised inside).
+        temperature: ``tau > 0`` (SimCLR uses 0.5 at batch 256 ... 0.1 at large batches).
+        reduction: ``'mean' | 'sum' | 'none'`` (``'none'``: the ``2B`` per-anchor losses, ``z1`` rows
+            first).
+
+    Example:
+        >>> z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> nt_xent_loss(z, z, temperature=1.0)
+        tensor(0.5514)
+    """
+    check_reduction(reduction)
+    tau = _check_temperature("temperature", temperature)
+    check_floating("z1", z1)
+    check_ndim("z1", z1, 2, "(B, D)")
+    check_floating("z2", z2)
+    check_same_shape("z2", z2, "z1", z1)
+    check_same_device(("z1", z1), ("z2", z2))
+    z = F.normalize(upcast(torch.cat([z1, z2], dim=0)), dim=-1)
+    b = z1.shape[0]
+    ids = torch.arange(b, device=z.device).repeat(2)
+    per_anchor, _ = _supcon_terms(z, ids, z, ids, 0, tau)
+    return reduce_loss(per_anchor, reduction)
+
+
+class NTXentLoss(nn.Module):
+    """Module form of :func:`nt_xent_loss`: ``loss_fn(z1, z2)``.
+
+    Example:
+        >>> z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> NTXentLoss(temperature=1.0)(z, z)
+        tensor(0.5514)
+    """
+
+    def __init__(self, temperature: float = 0.5, reduction: str = "mean") -> None:
+        super().__init__()
+        self.temperature = _check_temperature("temperature", temperature)
+        self.reduction = check_reduction(reduction)
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return nt_xent_loss(z1, z2, self.temperature, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, reduction={self.reduction!r}"
+
+
+def supcon_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    temperature: float = 0.1,
+    base_temperature: float | None = None,
+    *,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Supervised contrastive loss, the :math:`L^{sup}_{out}` form of Khosla et al. 2020.
+
+    .. math::
+        \ell_i = -\frac{\tau}{\tau_b} \frac{1}{|P(i)|} \sum_{p \in P(i)}
+        \log \frac{\exp(z_i \cdot z_p / \tau)}{\sum_{k \ne i} \exp(z_i \cdot z_k / \tau)}
+
+    with L2-normalised ``z``, ``P(i)`` the other samples (all views) with the anchor's label and
+    ``tau_b = base_temperature`` (``None``: ``tau``, i.e. no rescaling; the reference code uses
+    ``tau = tau_b = 0.07``). ``mean`` averages over anchors with at least one positive (the reference
+    code also counts anchors without positives, as zeros); a batch without any positive pair gives a
+    graph-connected 0.
+
+    Args:
+        embeddings: ``(B, D)``, or ``(B, V, D)`` for ``V`` views per sample (every view is an anchor).
+        labels: ``(B,)`` integer labels; ``None`` uses the sample index (SimCLR-style instance
+            discrimination, needs ``V >= 2``).
+        reduction: ``'mean' | 'sum' | 'none'`` (``'none'``: per-anchor losses, ``(B,)`` or ``(V * B,)``
+            view-major, 0 for anchors without positives).
+
+    Example:
+        >>> emb = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]])
+        >>> supcon_loss(emb, torch.tensor([0, 0, 1]), temperature=1.0)
+        tensor(0.3285)
+    """
+    check_reduction(reduction)
+    tau = _check_temperature("temperature", temperature)
+    tau_b = tau if base_temperature is None else _check_temperature("base_temperature", base_temperature)
+    check_floating("embeddings", embeddings)
+    check_ndim("embeddings", embeddings, (2, 3), "(B, D) or (B, V, D)")
+    if embeddings.dim() == 3:
+        b, v, d = embeddings.shape
+        flat = embeddings.transpose(0, 1).reshape(v * b, d)
+    else:
+        b, v = embeddings.shape[0], 1
+        flat = embeddings
+    if labels is None:
+        labels = torch.arange(b, device=embeddings.device)
+    emb, labels = _check_embeddings_labels(flat, labels.repeat(v) if v > 1 else labels)
+    if emb.shape[0] == 0:
+        return connected_zero(emb)
+    z = F.normalize(emb, dim=-1)
+    per_anchor, valid = _supcon_terms(z, labels, z, labels, 0, tau)
+    per_anchor = per_anchor * (tau / tau_b)
+    if reduction == "none":
+        return per_anchor
+    return reduce_loss(per_anchor, reduction, mask=valid)
+
+
+class SupConLoss(nn.Module):
+    """Module form of :func:`supcon_loss`: ``loss_fn(embeddings, labels=None)``.
+
+    Example:
+        >>> emb = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]])
+        >>> SupConLoss(temperature=1.0)(emb, torch.tensor([0, 0, 1]))
+        tensor(0.3285)
+    """
+
+    def __init__(
+        self, temperature: float = 0.1, base_temperature: float | None = None, reduction: str = "mean"
+    ) -> None:
+        super().__init__()
+        self.temperature = _check_temperature("temperature", temperature)
+        self.base_temperature = (
+            None if base_temperature is None else _check_temperature("base_temperature", base_temperature)
+        )
+        self.reduction = check_reduction(reduction)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return supcon_loss(
+            embeddings, labels, self.temperature, self.base_temperature, reduction=self.reduction
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"temperature={self.temperature}, base_temperature={self.base_temperature}, "
+            f"reduction={self.reduction!r}"
+        )
+
+
+# ============================================================================ registry
+
+_FAMILY = "embedding"
+register(
+    "cosine_embedding",
+    CosineEmbeddingLoss,
+    family=_FAMILY,
+    functional=cosine_embedding_loss,
+    source="torch / seed 000",
+    notes="targets 1 / -1 (0/1 rejected); empty batch -> 0",
+)
+register(
+    "contrastive",
+    ContrastiveLoss,
+    family=_FAMILY,
+    functional=contrastive_loss,
+    source="Hadsell, Chopra & LeCun 2006",
+    notes="pairs; target 1 = similar, 0 = dissimilar",
+)
+register(
+    "contrastive_pairs",
+    ContrastivePairsLoss,
+    family=_FAMILY,
+    functional=contrastive_pairs_loss,
+    source="pytorch-metric-learning ContrastiveLoss",
+    notes="all pairs of a labelled batch; mean over non-zero pairs",
+)
+register(
+    "triplet",
+    TripletLoss,
+    family=_FAMILY,
+    functional=triplet_loss,
+    source="Schroff et al. 2015; Hermans et al. 2017",
+    notes="batch_hard / batch_semi_hard / batch_all mining; O(B^2) memory",
+)
+register(
+    "nt_xent",
+    NTXentLoss,
+    family=_FAMILY,
+    functional=nt_xent_loss,
+    source="Chen et al. 2020 (SimCLR)",
+    notes="two views, 2B-2 in-batch negatives",
+    aliases=("info_nce",),
+)
+register(
+    "supcon",
+    SupConLoss,
+    family=_FAMILY,
+    functional=supcon_loss,
+    source="Khosla et al. 2020",
+    notes="L_out; (B, D) or (B, V, D); mean over anchors with a positive",
+)
