@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -89,7 +90,7 @@ def run(ctx: LabContext) -> ExperimentResult:
         setup=(
             f"scikit-learn digits, stratified {int((1 - TEST_FRACTION) * 100)}/{int(TEST_FRACTION * 100)} split per "
             f"seed, standardised pixels. Teacher MLP {'-'.join(map(str, TEACHER))} "
-            f"({sum(a * b + b for a, b in zip(TEACHER[:-1], TEACHER[1:])):,} parameters) trained with CE; student "
+            f"({sum(a * b + b for a, b in itertools.pairwise(TEACHER)):,} parameters) trained with CE; student "
             f"MLP 64-{STUDENT_HIDDEN}-10 ({64 * STUDENT_HIDDEN + STUDENT_HIDDEN + STUDENT_HIDDEN * 10 + 10} "
             f"parameters). Full-batch Adam (weight decay 1e-4, cosine), {steps} steps each; every student of a "
             f"seed starts from the same weights. `kd` = {1 - KD_WEIGHT:.1f} CE + {KD_WEIGHT} `kd_loss` (T = {T:g}, "
