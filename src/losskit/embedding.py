@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed as _dist
 from ._checks import (
     LossValueError,
     check_choice,
@@ -153,11 +154,45 @@ def _check_temperature(name: str, value: float) -> float:
     return float(check_number(name, value, low=0.0, low_open=True))
 
 
-def _mean_or_sum(total: torch.Tensor, count: torch.Tensor, reduction: str) -> torch.Tensor:
-    """``total`` for ``'sum'``, ``total / max(count, 1)`` for ``'mean'`` (0, graph-connected, if empty)."""
+def _mean_or_sum(
+    total: torch.Tensor, count: torch.Tensor | int, reduction: str, gathered: bool = False
+) -> torch.Tensor:
+    """``total`` for ``'sum'``, ``total / max(count, 1)`` for ``'mean'`` (0, graph-connected, if empty).
+
+    ``gathered`` (local anchors against candidates from every rank): ``'mean'`` divides by the DDP
+    normaliser ``global count / W`` and ``'sum'`` multiplies by ``W``, so that DDP's averaging of the
+    per-rank gradients gives the gradient of the one-process loss over the concatenated batch.
+    """
+    if gathered:
+        if reduction == "sum":
+            return total * _dist.world_size()
+        return total / _dist.ddp_normalizer(count).to(device=total.device, dtype=total.dtype)
     if reduction == "sum":
         return total
+    if isinstance(count, int):
+        return total / max(count, 1)
     return total / count.to(total.dtype).clamp_min(1.0)
+
+
+# Sample ids used as labels for instance discrimination are offset by rank * _RANK_ID_STRIDE under
+# gather_distributed, so they are unique across ranks without exchanging batch sizes.
+_RANK_ID_STRIDE = 1 << 40
+
+
+def _gathering(gather_distributed: bool) -> bool:
+    """True when ``gather_distributed`` is set and a process group with more than one rank exists."""
+    return bool(gather_distributed) and _dist.world_size() > 1
+
+
+def _candidates(
+    anchors: torch.Tensor, labels: torch.Tensor, gathered: bool
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(candidates, candidate_labels, offset)``: the batch itself, or every rank's batch (with grad)."""
+    if not gathered:
+        return anchors, labels, 0
+    cand, cand_labels, offset = _dist.gather_candidates(anchors, labels)
+    assert cand_labels is not None  # labels were given
+    return cand, cand_labels, offset
 
 
 # ============================================================================ cosine embedding
@@ -377,6 +412,7 @@ def contrastive_pairs_loss(
     *,
     average: str = "nonzero",
     normalize_embeddings: bool = False,
+    gather_distributed: bool = False,
 ) -> torch.Tensor:
     r"""Contrastive loss over every pair of a labelled batch (pytorch-metric-learning semantics).
 
@@ -395,6 +431,10 @@ def contrastive_pairs_loss(
     Args:
         embeddings: ``(B, D)``.
         labels: ``(B,)`` integer class labels.
+        gather_distributed: under an initialised :mod:`torch.distributed` group, pair this rank's
+            samples with the samples of every rank (gathered with gradient) and count ``n_P``,
+            ``n_N`` globally, so DDP gives the gradient of one process over the concatenated batch
+            (the returned value is this rank's share). No effect without a process group.
 
     Example:
         >>> emb = torch.tensor([[0.0, 0.0], [0.0, 0.5], [0.0, 0.8]])
@@ -406,18 +446,24 @@ def contrastive_pairs_loss(
     check_choice("distance", distance, DISTANCES)
     check_choice("average", average, ("nonzero", "all"))
     emb, labels = _check_embeddings_labels(embeddings, labels)
-    if emb.shape[0] == 0:
+    gathered = _gathering(gather_distributed)
+    if emb.shape[0] == 0 and not gathered:
         return connected_zero(emb)
     if normalize_embeddings:
         emb = F.normalize(emb, dim=-1)
-    pos, neg, _ = _pair_masks(labels, labels, 0)
-    dist = _distance_matrix(emb, emb, distance)
+    cand, cand_labels, offset = _candidates(emb, labels, gathered)
+    if cand.shape[0] == 0:  # every rank is empty
+        return connected_zero(cand)
+    pos, neg, _ = _pair_masks(labels, cand_labels, offset)
+    dist = _distance_matrix(emb, cand, distance)
     pos_loss, neg_loss = _contrastive_pairs_terms(dist, pos, neg, float(pos_margin), float(neg_margin))
     if average == "nonzero":
         n_pos, n_neg = (pos_loss > 0).sum(), (neg_loss > 0).sum()
     else:
         n_pos, n_neg = pos.sum(), neg.sum()
-    return _mean_or_sum(pos_loss.sum(), n_pos, "mean") + _mean_or_sum(neg_loss.sum(), n_neg, "mean")
+    return _mean_or_sum(pos_loss.sum(), n_pos, "mean", gathered) + _mean_or_sum(
+        neg_loss.sum(), n_neg, "mean", gathered
+    )
 
 
 class ContrastivePairsLoss(nn.Module):
@@ -436,6 +482,7 @@ class ContrastivePairsLoss(nn.Module):
         distance: str = "euclidean",
         average: str = "nonzero",
         normalize_embeddings: bool = False,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         self.pos_margin = float(check_number("pos_margin", pos_margin, low=0.0))
@@ -443,6 +490,7 @@ class ContrastivePairsLoss(nn.Module):
         self.distance = check_choice("distance", distance, DISTANCES)
         self.average = check_choice("average", average, ("nonzero", "all"))
         self.normalize_embeddings = bool(normalize_embeddings)
+        self.gather_distributed = bool(gather_distributed)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return contrastive_pairs_loss(
@@ -453,6 +501,7 @@ class ContrastivePairsLoss(nn.Module):
             self.distance,
             average=self.average,
             normalize_embeddings=self.normalize_embeddings,
+            gather_distributed=self.gather_distributed,
         )
 
     def extra_repr(self) -> str:
@@ -586,6 +635,7 @@ def triplet_loss(
     *,
     reduction: str = "mean",
     chunk_size: int | None = None,
+    gather_distributed: bool = False,
 ) -> torch.Tensor:
     r"""Triplet loss with in-batch mining (Schroff et al. 2015; Hermans, Beyer & Leibe 2017).
 
@@ -619,6 +669,11 @@ def triplet_loss(
         labels: ``(B,)`` integer class labels.
         margin: ``>= 0`` (unused with ``soft_margin``).
         chunk_size: anchors per chunk for ``'batch_all'`` (``None``: automatic).
+        gather_distributed: under an initialised :mod:`torch.distributed` group, mine positives
+            and negatives for this rank's anchors among the samples of every rank (gathered with
+            gradient); ``mean`` divides by the global item count over the world size and ``sum``
+            is multiplied by the world size, so DDP's gradient averaging gives exactly the gradient
+            of one process over the concatenated batch. No effect without a process group.
 
     Example:
         >>> emb = torch.tensor([[0.0, 0.0], [0.0, 1.0], [0.0, 0.5], [0.0, 3.0]])
@@ -631,23 +686,27 @@ def triplet_loss(
     check_choice("reduction", reduction, ("mean", "sum"))
     check_int("chunk_size", chunk_size, low=1, allow_none=True)
     emb, labels = _check_embeddings_labels(embeddings, labels)
-    if emb.shape[0] == 0:
+    gathered = _gathering(gather_distributed)
+    if emb.shape[0] == 0 and not gathered:
         return connected_zero(emb)
     if normalize_embeddings:
         emb = F.normalize(emb, dim=-1)
+    cand, cand_labels, offset = _candidates(emb, labels, gathered)
+    if cand.shape[0] == 0:  # every rank is empty
+        return connected_zero(cand)
     total, count = _triplet_terms(
         emb,
         labels,
-        emb,
-        labels,
-        0,
+        cand,
+        cand_labels,
+        offset,
         margin=float(margin),
         mining=mining,
         distance=distance,
         soft_margin=bool(soft_margin),
         chunk_size=chunk_size,
     )
-    return _mean_or_sum(total, count, reduction)
+    return _mean_or_sum(total, count, reduction, gathered)
 
 
 class TripletLoss(nn.Module):
@@ -668,6 +727,7 @@ class TripletLoss(nn.Module):
         normalize_embeddings: bool = False,
         reduction: str = "mean",
         chunk_size: int | None = None,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         self.margin = float(check_number("margin", margin, low=0.0))
@@ -677,6 +737,7 @@ class TripletLoss(nn.Module):
         self.normalize_embeddings = bool(normalize_embeddings)
         self.reduction = check_choice("reduction", reduction, ("mean", "sum"))
         self.chunk_size = check_int("chunk_size", chunk_size, low=1, allow_none=True)
+        self.gather_distributed = bool(gather_distributed)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return triplet_loss(
@@ -689,6 +750,7 @@ class TripletLoss(nn.Module):
             self.normalize_embeddings,
             reduction=self.reduction,
             chunk_size=self.chunk_size,
+            gather_distributed=self.gather_distributed,
         )
 
     def extra_repr(self) -> str:
@@ -730,6 +792,7 @@ def nt_xent_loss(
     temperature: float = 0.5,
     *,
     reduction: str = "mean",
+    gather_distributed: bool = False,
 ) -> torch.Tensor:
     r"""NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR (Chen et al. 2020).
 
@@ -746,6 +809,12 @@ def nt_xent_loss(
         temperature: ``tau > 0`` (SimCLR uses 0.5 at batch 256 ... 0.1 at large batches).
         reduction: ``'mean' | 'sum' | 'none'`` (``'none'``: the ``2B`` per-anchor losses, ``z1`` rows
             first).
+        gather_distributed: under an initialised :mod:`torch.distributed` group, use the views of
+            every rank (gathered with gradient) as negatives for this rank's ``2B`` anchors
+            (open_clip's local loss); ``mean`` divides by the global anchor count over the world
+            size and ``sum`` is multiplied by the world size, so DDP's gradient averaging gives
+            exactly the gradient of one process over the concatenated batch (``'none'`` returns
+            this rank's anchors). No effect without a process group.
 
     Example:
         >>> z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -762,8 +831,14 @@ def nt_xent_loss(
     z = F.normalize(upcast(torch.cat([z1, z2], dim=0)), dim=-1)
     b = z1.shape[0]
     ids = torch.arange(b, device=z.device).repeat(2)
-    per_anchor, _ = _supcon_terms(z, ids, z, ids, 0, tau)
-    return reduce_loss(per_anchor, reduction)
+    gathered = _gathering(gather_distributed)
+    if gathered:
+        ids = ids + _dist.rank() * _RANK_ID_STRIDE
+    cand, cand_ids, offset = _candidates(z, ids, gathered)
+    per_anchor, _ = _supcon_terms(z, ids, cand, cand_ids, offset, tau)
+    if reduction == "none" or not gathered:
+        return reduce_loss(per_anchor, reduction)
+    return _mean_or_sum(per_anchor.sum(), per_anchor.numel(), reduction, gathered)
 
 
 class NTXentLoss(nn.Module):
@@ -775,13 +850,18 @@ class NTXentLoss(nn.Module):
         tensor(0.5514)
     """
 
-    def __init__(self, temperature: float = 0.5, reduction: str = "mean") -> None:
+    def __init__(
+        self, temperature: float = 0.5, reduction: str = "mean", gather_distributed: bool = False
+    ) -> None:
         super().__init__()
         self.temperature = _check_temperature("temperature", temperature)
         self.reduction = check_reduction(reduction)
+        self.gather_distributed = bool(gather_distributed)
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        return nt_xent_loss(z1, z2, self.temperature, reduction=self.reduction)
+        return nt_xent_loss(
+            z1, z2, self.temperature, reduction=self.reduction, gather_distributed=self.gather_distributed
+        )
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, reduction={self.reduction!r}"
@@ -794,6 +874,7 @@ def supcon_loss(
     base_temperature: float | None = None,
     *,
     reduction: str = "mean",
+    gather_distributed: bool = False,
 ) -> torch.Tensor:
     r"""Supervised contrastive loss, the :math:`L^{sup}_{out}` form of Khosla et al. 2020.
 
@@ -813,6 +894,12 @@ def supcon_loss(
             discrimination, needs ``V >= 2``).
         reduction: ``'mean' | 'sum' | 'none'`` (``'none'``: per-anchor losses, ``(B,)`` or ``(V * B,)``
             view-major, 0 for anchors without positives).
+        gather_distributed: under an initialised :mod:`torch.distributed` group, contrast this
+            rank's anchors with the samples of every rank (gathered with gradient); ``mean``
+            divides by the global number of anchors with a positive over the world size and ``sum``
+            is multiplied by the world size, so DDP's gradient averaging gives exactly the gradient
+            of one process over the concatenated batch (``'none'`` returns this rank's anchors).
+            No effect without a process group.
 
     Example:
         >>> emb = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]])
@@ -830,16 +917,25 @@ def supcon_loss(
     else:
         b, v = embeddings.shape[0], 1
         flat = embeddings
+    gathered = _gathering(gather_distributed)
     if labels is None:
         labels = torch.arange(b, device=embeddings.device)
+        if gathered:
+            labels = labels + _dist.rank() * _RANK_ID_STRIDE
     emb, labels = _check_embeddings_labels(flat, labels.repeat(v) if v > 1 else labels)
-    if emb.shape[0] == 0:
+    if emb.shape[0] == 0 and not gathered:
         return connected_zero(emb)
     z = F.normalize(emb, dim=-1)
-    per_anchor, valid = _supcon_terms(z, labels, z, labels, 0, tau)
+    cand, cand_labels, offset = _candidates(z, labels, gathered)
+    if cand.shape[0] == 0:  # every rank is empty
+        return connected_zero(cand)
+    per_anchor, valid = _supcon_terms(z, labels, cand, cand_labels, offset, tau)
     per_anchor = per_anchor * (tau / tau_b)
     if reduction == "none":
         return per_anchor
+    if gathered:
+        total = torch.where(valid, per_anchor, per_anchor.new_zeros(())).sum()
+        return _mean_or_sum(total, valid, reduction, gathered)
     return reduce_loss(per_anchor, reduction, mask=valid)
 
 
@@ -853,7 +949,11 @@ class SupConLoss(nn.Module):
     """
 
     def __init__(
-        self, temperature: float = 0.1, base_temperature: float | None = None, reduction: str = "mean"
+        self,
+        temperature: float = 0.1,
+        base_temperature: float | None = None,
+        reduction: str = "mean",
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         self.temperature = _check_temperature("temperature", temperature)
@@ -861,10 +961,16 @@ class SupConLoss(nn.Module):
             None if base_temperature is None else _check_temperature("base_temperature", base_temperature)
         )
         self.reduction = check_reduction(reduction)
+        self.gather_distributed = bool(gather_distributed)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return supcon_loss(
-            embeddings, labels, self.temperature, self.base_temperature, reduction=self.reduction
+            embeddings,
+            labels,
+            self.temperature,
+            self.base_temperature,
+            reduction=self.reduction,
+            gather_distributed=self.gather_distributed,
         )
 
     def extra_repr(self) -> str:
