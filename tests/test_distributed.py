@@ -969,7 +969,7 @@ _FLAG_FN = {
             if _has_flag(_FLAG_FN[k])
             else pytest.mark.xfail(strict=False, reason="gather_distributed flag not wired yet"),
         )
-        for k in ("nt_xent", "supcon", "triplet_batch_hard", "contrastive_pairs")
+        for k in EMB_KINDS
     ],
 )
 def test_ddp_embedding_loss_flag_matches_single_process(kind):
