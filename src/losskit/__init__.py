@@ -6,7 +6,7 @@ Every loss comes as a functional (``losskit.functional.focal_loss``) and a modul
 
 from __future__ import annotations
 
-from . import functional, registry
+from . import distributed, functional, registry
 from ._checks import LossTypeError, LossValueError, set_value_checks
 from .classification import *
 from .classification import __all__ as _classification_all
@@ -34,6 +34,7 @@ __all__ = [
     "WeightedSum",
     "available",
     "build",
+    "distributed",
     "functional",
     "registry",
     "set_value_checks",
