@@ -41,7 +41,13 @@ from ._checks import (
     shape_str,
     value_checks_enabled,
 )
-from ._reduction import Normalizer, check_normalizer, reduce_loss, upcast
+from ._kernels._compile import fused_kernels_enabled
+from ._kernels.asymmetric import asymmetric as _fused_asymmetric
+from ._kernels.asymmetric import asymmetric_supports
+from ._kernels.sigmoid_focal import sigmoid_focal as _fused_sigmoid_focal
+from ._kernels.sigmoid_focal import sigmoid_focal_supports
+from ._kernels.softmax_focal import softmax_focal_rows, softmax_focal_supports
+from ._reduction import Normalizer, check_normalizer, compute_dtype, reduce_loss, upcast
 from .registry import register
 
 __all__ = [
@@ -441,15 +447,24 @@ def focal_loss(
     g = _check_gamma(gamma)
     a = _alpha_tensor(alpha)
     prob = _multiclass_target(input, target, ignore_index)
-    x = upcast(input)
-    logp = F.log_softmax(x, dim=1)
-    w = _prepare_weight("weight", weight, input, x.dtype)
+    cdt = compute_dtype(input)
+    w = _prepare_weight("weight", weight, input, cdt)
     if isinstance(a, torch.Tensor):
         if a.shape[0] != input.shape[1]:
             raise LossValueError(
                 f"alpha has shape {shape_str(a.shape)}, expected ({input.shape[1]},): one entry per class"
             )
-        a = a.to(device=x.device, dtype=x.dtype)
+        a = a.to(device=input.device, dtype=cdt)
+    if not prob and input.dim() == 2 and input.numel() > 0 and fused_kernels_enabled():
+        coef: torch.Tensor | float = a if w is None else a * w
+        tcoef = coef if isinstance(coef, torch.Tensor) else None
+        if softmax_focal_supports(input, target, label_smoothing=eps, coef=tcoef):
+            rows = softmax_focal_rows(input, target, g, ignore_index, coef)
+            valid = target != ignore_index
+            w_y = None if w is None else w[torch.where(valid, target, target.new_zeros(())).long()]
+            return _reduce(rows, reduction, mask=valid, denom=w_y, normalizer=normalizer)
+    x = upcast(input)
+    logp = F.log_softmax(x, dim=1)
     loss, mask, denom = _focal_math(
         logp,
         target,
@@ -643,7 +658,7 @@ class Poly1CrossEntropyLoss(_ClassificationLoss):
 # ============================================================================ binary / multi-label
 
 
-def _binary_prepare(
+def _binary_check(
     input: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None,
@@ -652,8 +667,8 @@ def _binary_prepare(
     normalizer: Normalizer,
     input_name: str = "input",
     target_name: str = "target",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Checks for element-wise logits/targets; returns both in the compute dtype."""
+) -> None:
+    """Checks for element-wise logits/targets (and the optional weight / mask)."""
     check_reduction(reduction)
     check_normalizer(normalizer, reduction)
     check_floating(input_name, input)
@@ -678,8 +693,17 @@ def _binary_prepare(
         if mask.dtype != torch.bool:
             raise LossValueError(f"mask must be a bool tensor (True = counts), got dtype {mask.dtype}")
         check_broadcastable("mask", mask, input_name, input)
+
+
+def _binary_cast(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked logits and targets in the compute dtype (eager reference path)."""
     x = upcast(input)
     return x, target.to(x.dtype)
+
+
+def _fused_reduction(reduction: str, normalizer: Normalizer) -> str:
+    """Reduction to ask an element-wise kernel for: a ``normalizer`` turns 'mean' into 'sum' / normalizer."""
+    return "sum" if normalizer is not None else reduction
 
 
 def _sigmoid_focal_math(
@@ -755,12 +779,19 @@ def sigmoid_focal_loss(
     """
     a = _check_sigmoid_alpha(alpha)
     g = _check_gamma(gamma)
-    x, t = _binary_prepare(inputs, targets, weight, mask, reduction, normalizer, "inputs", "targets")
-    pw = None
+    _binary_check(inputs, targets, weight, mask, reduction, normalizer, "inputs", "targets")
     if pos_weight is not None:
         check_floating("pos_weight", pos_weight)
         check_broadcastable("pos_weight", pos_weight, "inputs", inputs)
-        pw = pos_weight.to(device=x.device, dtype=x.dtype)
+    # gamma = 0 without alpha is BCE-with-logits itself: torch's native op (bit for bit) is used then
+    plain_bce = g == 0.0 and a < 0
+    if weight is None and mask is None and not plain_bce and inputs.numel() > 0 and fused_kernels_enabled():
+        red = _fused_reduction(reduction, normalizer)
+        if sigmoid_focal_supports(inputs, targets, pos_weight, reduction=red):
+            out = _fused_sigmoid_focal(inputs, targets, a, g, pos_weight, red)
+            return out if normalizer is None else out / normalizer
+    x, t = _binary_cast(inputs, targets)
+    pw = None if pos_weight is None else pos_weight.to(device=x.device, dtype=x.dtype)
     loss = _sigmoid_focal_math(x, t, alpha=a, gamma=g, pos_weight=pw)
     w = None if weight is None else weight.to(device=x.device, dtype=x.dtype)
     return reduce_loss(loss, reduction, weight=w, mask=mask, normalizer=normalizer)
@@ -876,7 +907,13 @@ def asymmetric_loss(
     gn = _check_gamma(gamma_neg, "gamma_neg")
     gp = _check_gamma(gamma_pos, "gamma_pos")
     m = float(check_number("clip", clip, low=0.0, high=1.0, high_open=True))
-    x, t = _binary_prepare(input, target, weight, mask, reduction, normalizer)
+    _binary_check(input, target, weight, mask, reduction, normalizer)
+    if weight is None and mask is None and input.numel() > 0 and fused_kernels_enabled():
+        red = _fused_reduction(reduction, normalizer)
+        if asymmetric_supports(input, target, reduction=red):
+            out = _fused_asymmetric(input, target, gn, gp, m, red)
+            return out if normalizer is None else out / normalizer
+    x, t = _binary_cast(input, target)
     loss = _asymmetric_math(x, t, gamma_neg=gn, gamma_pos=gp, clip=m)
     w = None if weight is None else weight.to(device=x.device, dtype=x.dtype)
     return reduce_loss(loss, reduction, weight=w, mask=mask, normalizer=normalizer)

@@ -40,6 +40,8 @@ from ._checks import (
     check_tensor,
     shape_str,
 )
+from ._kernels._compile import fused_kernels_enabled
+from ._kernels.distill import distill_supports, jsd_rows, kd_rows
 from ._reduction import Normalizer, check_normalizer, reduce_loss, upcast
 from .registry import register
 
@@ -110,6 +112,23 @@ def _reduce_rows(rows: torch.Tensor, reduction: str, batch: int) -> torch.Tensor
     return reduce_loss(rows, reduction)
 
 
+def _fused_rows_view(
+    student: torch.Tensor, teacher: torch.Tensor, dim: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(R, C)`` views of two logit tensors for the fused row kernels, or None (use the eager code).
+
+    Only when the fused kernels are on, the class axis ``dim`` is the last one, both tensors are
+    contiguous (so the reshape is a view, no copy) and non-empty, and the kernels support the pair.
+    """
+    if not fused_kernels_enabled() or dim != student.dim() - 1 or student.numel() == 0:
+        return None
+    if not (student.is_contiguous() and teacher.is_contiguous()):
+        return None
+    c = student.shape[-1]
+    s2, t2 = student.reshape(-1, c), teacher.reshape(-1, c)
+    return (s2, t2) if distill_supports(s2, t2) else None
+
+
 def _norm_dim(dim: int, ndim: int, name: str = "dim") -> int:
     if not -ndim <= dim < ndim:
         raise LossValueError(f"{name} must be in [{-ndim}, {ndim - 1}] for a {ndim}-D input, got {dim}")
@@ -163,6 +182,10 @@ def kd_loss(
     check_reduction(reduction, _ROW_REDUCTIONS)
     _check_logit_pair(student_logits, teacher_logits)
     d = _norm_dim(dim, student_logits.dim())
+    pair = _fused_rows_view(student_logits, teacher_logits, d)
+    if pair is not None:
+        rows = kd_rows(pair[0], pair[1], t).view(student_logits.shape[:-1])
+        return _reduce_rows(rows, reduction, student_logits.shape[0])
     log_s = _log_probs(student_logits, t, d)
     log_t = _log_probs(teacher_logits, t, d)
     rows = _kl_terms(log_t, log_s).sum(d) * (t * t)
@@ -497,6 +520,17 @@ def jsd_loss(
                 f"to match student_logits of shape {shape_str(student_logits.shape)} (vocabulary is the last axis)"
             )
         mask = target != ignore_index
+    pair = _fused_rows_view(student_logits, teacher_logits, student_logits.dim() - 1)
+    if pair is not None:
+        s2, t2 = pair
+        if b == 0.0:
+            rows = kd_rows(s2, t2, t, scale=1.0)
+        elif b == 1.0:
+            rows = kd_rows(t2, s2, t, scale=1.0)
+        else:
+            rows = jsd_rows(s2, t2, b, t)
+        per_token = rows.view(student_logits.shape[:-1])
+        return reduce_loss(per_token, reduction, mask=mask, normalizer=normalizer)
     log_s = _log_probs(student_logits, t, -1)
     log_t = _log_probs(teacher_logits, t, -1)
     if b == 0.0:

@@ -15,6 +15,10 @@ hyperparameter set and use dynamic shapes, so a new batch size does not recompil
 
 Switches:
 
+* ``LOSSKIT_FUSED_KERNELS=0`` in the environment, or :func:`set_fused_kernels(False) <set_fused_kernels>`
+  (also a context manager, :func:`fused_kernels`), makes the public losses skip the fused kernels and
+  run their eager reference code (autograd of ordinary tensor operations, which also supports double
+  backward);
 * ``LOSSKIT_COMPILE_KERNELS=0`` in the environment, or :func:`set_compile_kernels(False)
   <set_compile_kernels>`, keeps every kernel eager;
 * :func:`set_compile_kernels(True, min_numel=0) <set_compile_kernels>` compiles whatever the size
@@ -24,21 +28,66 @@ Switches:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["compile_kernels_enabled", "compiled_keys", "run_kernel", "set_compile_kernels"]
+__all__ = [
+    "compile_kernels_enabled",
+    "compiled_keys",
+    "fused_kernels",
+    "fused_kernels_enabled",
+    "run_kernel",
+    "set_compile_kernels",
+    "set_fused_kernels",
+]
 
+_FUSED = os.environ.get("LOSSKIT_FUSED_KERNELS", "1") not in ("0", "false", "False", "")
 _ENABLED = os.environ.get("LOSSKIT_COMPILE_KERNELS", "1") not in ("0", "false", "False", "")
 _MIN_NUMEL = int(os.environ.get("LOSSKIT_COMPILE_MIN_NUMEL", str(1 << 18)))
 _BACKEND = os.environ.get("LOSSKIT_KERNEL_BACKEND", "inductor")
 _CACHE: dict[Hashable, Callable[..., Any]] = {}
 _EAGER: dict[Hashable, Callable[..., Any]] = {}
 _FAILED: set[Hashable] = set()
+
+
+def set_fused_kernels(enabled: bool) -> bool:
+    """Let the public losses use the fused kernels (default) or not; returns the previous setting.
+
+    With ``enabled=False`` every public loss runs its eager reference code.
+    """
+    global _FUSED
+    previous = _FUSED
+    _FUSED = bool(enabled)
+    return previous
+
+
+def fused_kernels_enabled() -> bool:
+    """True when the public losses may dispatch to the fused kernels."""
+    return _FUSED
+
+
+@contextlib.contextmanager
+def fused_kernels(enabled: bool) -> Iterator[None]:
+    """Context manager form of :func:`set_fused_kernels` (restores the previous setting on exit).
+
+    Example:
+        >>> import losskit.functional as LF
+        >>> x, y = torch.randn(4, 3), torch.rand(4, 3)
+        >>> with fused_kernels(False):  # the eager reference path
+        ...     ref = LF.sigmoid_focal_loss(x, y, reduction="sum")
+        >>> torch.allclose(LF.sigmoid_focal_loss(x, y, reduction="sum"), ref)
+        True
+    """
+    previous = set_fused_kernels(enabled)
+    try:
+        yield
+    finally:
+        set_fused_kernels(previous)
 
 
 def set_compile_kernels(enabled: bool, min_numel: int | None = None, backend: str | None = None) -> None:

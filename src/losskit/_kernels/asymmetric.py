@@ -63,9 +63,13 @@ def _build_backward(gamma_neg: float, gamma_pos: float, clip: float) -> Callable
         x0 = x
         t, p, pn, sp_neg, pm, one_m_pm, nlog_neg = _terms(x, t, clip)
         d_pos = ipow(pn, gamma_pos) * (-gamma_pos * p * sp_neg - pn)
-        d_neg = (p * pn) * (dpow(pm, gamma_neg) * nlog_neg + ipow(pm, gamma_neg) / one_m_pm)
         if clip > 0.0:
+            # 1 - p_m >= clip: the division is safe
+            d_neg = (p * pn) * (dpow(pm, gamma_neg) * nlog_neg + ipow(pm, gamma_neg) / one_m_pm)
             d_neg = torch.where(p > clip, d_neg, torch.zeros_like(d_neg))
+        else:
+            # p_m = p and 1 - p_m = 1 - p, cancelled analytically (1 - p underflows to 0 for large x)
+            d_neg = p * (pn * dpow(p, gamma_neg) * nlog_neg + ipow(p, gamma_neg))
         return ((t * d_pos + (1.0 - t) * d_neg) * g).to(x0.dtype)
 
     return backward

@@ -37,18 +37,27 @@ from ._compile import run_kernel
 __all__ = ["distill_supports", "jsd_rows", "kd_rows"]
 
 
-def _log_softmax(z: torch.Tensor, temperature: float) -> torch.Tensor:
+def _scaled(z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``z / T`` in the compute dtype, ``-inf`` logits clamped to a finite value first.
+
+    Masked (``-inf``) classes keep probability exactly 0 but a finite log-probability, so they add
+    ``0 * finite = 0`` to the divergences and get finite gradients (the public losses do the same).
+    """
     zf = z.to(float_dtype(z))
+    zf = zf.clamp_min(torch.finfo(zf.dtype).min * min(1.0, temperature))
     if temperature != 1.0:
         zf = zf * (1.0 / temperature)
+    return zf
+
+
+def _log_softmax(z: torch.Tensor, temperature: float) -> torch.Tensor:
+    zf = _scaled(z, temperature)
     return zf - torch.logsumexp(zf, dim=1, keepdim=True)
 
 
 def _shifted(z: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(z / T - max, exp(z / T - max))`` per row: one max pass, one exp per element."""
-    zf = z.to(float_dtype(z))
-    if temperature != 1.0:
-        zf = zf * (1.0 / temperature)
+    zf = _scaled(z, temperature)
     sh = zf - zf.amax(dim=1, keepdim=True)
     return sh, torch.exp(sh)
 
