@@ -566,7 +566,7 @@ def test_linear_kd_matches_reference(beta, reduction, row_mode):
         (hs, ws, bs),
         (0, 1, 2),
         rtol=2e-5,
-        atol=2e-6,
+        atol=1e-5 if reduction == "sum" else 2e-6,  # 'sum' grads add fp32 rounding of every token
     )  # fmt: skip
     assert teacher_hidden.grad is None
     # without target every token counts; 3-D inputs
@@ -580,7 +580,7 @@ def test_linear_kd_matches_reference(beta, reduction, row_mode):
         (hs[:10].reshape(2, 5, -1), ws),
         (0, 1),
         rtol=2e-5,
-        atol=2e-6,
+        atol=1e-5 if reduction == "sum" else 2e-6,  # grads of size ~3 here; eager fp32 errs by 4e-6
     )
 
 
