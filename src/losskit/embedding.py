@@ -771,19 +771,23 @@ def _supcon_terms(
     offset: int,
     temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-anchor ``-mean_{p in P(i)} log softmax_{j != i}(s_ij / T)[p]`` and the has-positive mask.
+    """Per-anchor ``-mean_{p in P(i)} log softmax_{j != i}(s_ij / T)[p]`` and the validity mask.
 
-    ``anchors`` and ``candidates`` must already be L2-normalised. The anchor itself is excluded from
-    the softmax denominator with ``finfo.min`` (not ``-inf``) and from the positives by a ``where``.
+    An anchor is valid when it has a positive and a negative; invalid anchors get 0 (with only
+    positives and no negative there is nothing to contrast: a one-class batch gives 0, as in
+    pytorch-metric-learning). ``anchors`` and ``candidates`` must already be L2-normalised. The
+    anchor itself is excluded from the softmax denominator with ``finfo.min`` (not ``-inf``) and
+    from the positives by a ``where``.
     """
     logits = (anchors @ candidates.T) / temperature
-    pos, _, self_ = _pair_masks(anchor_labels, candidate_labels, offset)
+    pos, neg, self_ = _pair_masks(anchor_labels, candidate_labels, offset)
     logits = torch.where(self_, logits.new_full((), torch.finfo(logits.dtype).min), logits)
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     n_pos = pos.sum(dim=1)
     pos_log_prob = torch.where(pos, log_prob, log_prob.new_zeros(())).sum(dim=1)
     per_anchor = -pos_log_prob / n_pos.clamp_min(1).to(log_prob.dtype)
-    return per_anchor, n_pos > 0
+    valid = (n_pos > 0) & neg.any(dim=1)
+    return torch.where(valid, per_anchor, per_anchor.new_zeros(())), valid
 
 
 def nt_xent_loss(
@@ -885,15 +889,16 @@ def supcon_loss(
     with L2-normalised ``z``, ``P(i)`` the other samples (all views) with the anchor's label and
     ``tau_b = base_temperature`` (``None``: ``tau``, i.e. no rescaling; the reference code uses
     ``tau = tau_b = 0.07``). ``mean`` averages over anchors with at least one positive (the reference
-    code also counts anchors without positives, as zeros); a batch without any positive pair gives a
-    graph-connected 0.
+    code also counts anchors without positives, as zeros); a batch without any positive pair, or of
+    a single class (positives but no negative to contrast with, as in pytorch-metric-learning), gives
+    a graph-connected 0.
 
     Args:
         embeddings: ``(B, D)``, or ``(B, V, D)`` for ``V`` views per sample (every view is an anchor).
         labels: ``(B,)`` integer labels; ``None`` uses the sample index (SimCLR-style instance
             discrimination, needs ``V >= 2``).
         reduction: ``'mean' | 'sum' | 'none'`` (``'none'``: per-anchor losses, ``(B,)`` or ``(V * B,)``
-            view-major, 0 for anchors without positives).
+            view-major, 0 for anchors without positives or without negatives).
         gather_distributed: under an initialised :mod:`torch.distributed` group, contrast this
             rank's anchors with the samples of every rank (gathered with gradient); ``mean``
             divides by the global number of anchors with a positive over the world size and ``sum``
