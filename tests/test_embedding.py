@@ -1,69 +1,908 @@
-"""Embedding losses: first tests (torch parity, batch_all against the B^3 broadcast, degenerate batches)."""
+"""Embedding (metric-learning) losses: the definition of done for every loss.
+
+References are written as plain float64 Python loops over pairs and triplets, independent of the
+vectorised implementation (which works on distance matrices, masks and per-pair coefficients).
+"""
 
 from __future__ import annotations
+
+import ast
+import math
+import pathlib
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import losskit
+import losskit.embedding as E
 import losskit.functional as LF
-from harness import assert_connected_zero
-from losskit import LossValueError
+from harness import (
+    assert_compiles,
+    assert_connected_zero,
+    assert_finite_with_grads,
+    assert_gradcheck,
+    assert_matches_reference,
+    assert_module_matches,
+    extreme_logits,
+)
+from losskit import LossTypeError, LossValueError
+
+DT = torch.float64
+MININGS = ["batch_hard", "batch_semi_hard", "batch_all"]
+DISTANCES = ["euclidean", "squared_euclidean", "cosine"]
+
+
+def rand(*shape: int, seed: int = 0, dtype: torch.dtype = DT) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def rand_labels(n: int, k: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(seed + 1000))
+
+
+# ============================================================================ float64 loop references
+
+
+def ref_dist(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
+    if distance == "cosine":
+        return 1.0 - (a * b).sum() / ((a * a).sum().sqrt() * (b * b).sum().sqrt())
+    d2 = ((a - b) ** 2).sum()
+    return d2 if distance == "squared_euclidean" else d2.sqrt()
+
+
+def ref_reduce(losses: list[torch.Tensor], reduction: str, weights: list[torch.Tensor] | None = None):
+    if reduction == "none":
+        return torch.stack(losses if weights is None else [w * v for w, v in zip(weights, losses)])
+    if weights is None:
+        weights = [torch.ones((), dtype=DT)] * len(losses)
+    total = sum((w * v for w, v in zip(weights, losses)), torch.zeros((), dtype=DT))
+    if reduction == "sum":
+        return total
+    return total / sum(weights) if losses else total
+
+
+def ref_cosine_embedding(x1, x2, target, margin, reduction, weight=None):
+    out = []
+    for i in range(x1.shape[0]):
+        cos = 1.0 - ref_dist(x1[i], x2[i], "cosine")
+        out.append(1.0 - cos if int(target[i]) == 1 else torch.clamp(cos - margin, min=0.0))
+    return ref_reduce(out, reduction, None if weight is None else list(weight))
+
+
+def ref_contrastive(x1, x2, target, margin, distance, reduction, weight=None):
+    out = []
+    for i in range(x1.shape[0]):
+        d = ref_dist(x1[i], x2[i], distance)
+        y = float(target[i])
+        out.append(0.5 * y * d**2 + 0.5 * (1 - y) * torch.clamp(margin - d, min=0.0) ** 2)
+    return ref_reduce(out, reduction, None if weight is None else list(weight))
+
+
+def ref_contrastive_pairs(emb, labels, pos_margin, neg_margin, distance, average, normalize):
+    if normalize:
+        emb = emb / emb.norm(dim=1, keepdim=True)
+    n = emb.shape[0]
+    pos_terms, neg_terms = [], []
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            d = ref_dist(emb[i], emb[j], distance)
+            if labels[i] == labels[j]:
+                pos_terms.append(torch.clamp(d - pos_margin, min=0.0))
+            else:
+                neg_terms.append(torch.clamp(neg_margin - d, min=0.0))
+    total = torch.zeros((), dtype=DT) + 0.0 * emb.sum()
+    for terms in (pos_terms, neg_terms):
+        count = sum(1 for t in terms if float(t.detach()) > 0) if average == "nonzero" else len(terms)
+        if count:
+            total = total + sum(terms) / count
+    return total
+
+
+def ref_hinge(x, margin, soft):
+    return torch.log1p(torch.exp(x)) if soft else torch.clamp(x + margin, min=0.0)
+
+
+def ref_triplet(emb, labels, margin, mining, distance, soft, reduction, normalize=False):
+    if normalize:
+        emb = emb / emb.norm(dim=1, keepdim=True)
+    n = emb.shape[0]
+    d = [[ref_dist(emb[i], emb[j], distance) for j in range(n)] for i in range(n)]
+    items = []
+    for a in range(n):
+        pos = [p for p in range(n) if p != a and labels[p] == labels[a]]
+        neg = [q for q in range(n) if labels[q] != labels[a]]
+        if not pos or not neg:
+            continue
+        if mining == "batch_hard":
+            hardest_p = max((d[a][p] for p in pos), key=lambda t: float(t.detach()))
+            hardest_n = min((d[a][q] for q in neg), key=lambda t: float(t.detach()))
+            items.append(ref_hinge(hardest_p - hardest_n, margin, soft))
+        elif mining == "batch_semi_hard":
+            for p in pos:
+                farther = [d[a][q] for q in neg if float(d[a][q].detach()) > float(d[a][p].detach())]
+                chosen = min(farther or [d[a][q] for q in neg], key=lambda t: float(t.detach()))
+                items.append(ref_hinge(d[a][p] - chosen, margin, soft))
+        else:
+            for p in pos:
+                for q in neg:
+                    items.append(ref_hinge(d[a][p] - d[a][q], margin, soft))
+    total = sum(items, torch.zeros((), dtype=DT) + 0.0 * emb.sum())
+    if reduction == "sum":
+        return total
+    if mining == "batch_all" and not soft:
+        count = sum(1 for v in items if float(v.detach()) > 0)
+    else:
+        count = len(items)
+    return total / max(count, 1)
+
+
+def ref_nt_xent(z1, z2, tau, reduction="mean"):
+    z = torch.cat([z1, z2])
+    n2 = z.shape[0]
+    b = n2 // 2
+    out = []
+    for a in range(n2):
+        p = (a + b) % n2
+        sim = [(z[a] * z[c]).sum() / (z[a].norm() * z[c].norm()) / tau for c in range(n2)]
+        denom = sum(torch.exp(sim[c]) for c in range(n2) if c != a)
+        out.append(-(sim[p] - torch.log(denom)))
+    return ref_reduce(out, reduction)
+
+
+def ref_supcon(emb, labels, tau, reduction="mean", base_tau=None):
+    base_tau = tau if base_tau is None else base_tau
+    if emb.dim() == 3:
+        b, v, _ = emb.shape
+        rows = [emb[i, k] for k in range(v) for i in range(b)]  # view-major
+        labs = [int(labels[i]) for k in range(v) for i in range(b)]
+    else:
+        rows = list(emb)
+        labs = [int(x) for x in labels]
+    z = [r / r.norm() for r in rows]
+    n = len(z)
+    out, valid = [], []
+    for i in range(n):
+        positives = [p for p in range(n) if p != i and labs[p] == labs[i]]
+        if not positives:
+            out.append(torch.zeros((), dtype=DT) + 0.0 * emb.sum())
+            valid.append(False)
+            continue
+        logits = [(z[i] * z[k]).sum() / tau for k in range(n)]
+        log_denom = torch.log(sum(torch.exp(logits[k]) for k in range(n) if k != i))
+        mean_log_prob = sum(logits[p] - log_denom for p in positives) / len(positives)
+        out.append(-(tau / base_tau) * mean_log_prob)
+        valid.append(True)
+    if reduction == "none":
+        return torch.stack(out)
+    kept = [v for v, ok in zip(out, valid) if ok]
+    total = sum(kept, torch.zeros((), dtype=DT) + 0.0 * emb.sum())
+    return total if reduction == "sum" else total / max(len(kept), 1)
+
+
+# ============================================================================ 1. references (values + grads)
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-def test_cosine_embedding_matches_torch(reduction):
-    g = torch.Generator().manual_seed(0)
-    x1, x2 = torch.randn(7, 5, generator=g), torch.randn(7, 5, generator=g)
-    y = torch.randint(0, 2, (7,), generator=g) * 2 - 1
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cosine_embedding_matches_loop_reference_and_torch(reduction, weighted):
+    x1, x2 = rand(7, 5, seed=1), rand(7, 5, seed=2)
+    y = rand_labels(7, 2) * 2 - 1
+    w = rand(7, seed=3).abs() if weighted else None
     for m in (0.0, 0.3, -0.2):
-        torch.testing.assert_close(
-            LF.cosine_embedding_loss(x1, x2, y, m, reduction=reduction),
-            F.cosine_embedding_loss(x1, x2, y, margin=m, reduction=reduction),
+        assert_matches_reference(
+            lambda a, b, m=m: LF.cosine_embedding_loss(a, b, y, m, weight=w, reduction=reduction),
+            lambda a, b, m=m: ref_cosine_embedding(a, b, y, m, reduction, w),
+            [x1, x2],
+            wrt=(0, 1),
+        )
+        if not weighted:
+            torch.testing.assert_close(
+                LF.cosine_embedding_loss(x1, x2, y, m, reduction=reduction),
+                F.cosine_embedding_loss(x1, x2, y, margin=m, reduction=reduction),
+            )
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_contrastive_matches_loop_reference(reduction, distance):
+    x1, x2 = rand(8, 3, seed=4), rand(8, 3, seed=5) * 0.5
+    y = rand_labels(8, 2, seed=2)
+    margin = 2.0 if distance == "euclidean" else 0.9
+    assert_matches_reference(
+        lambda a, b: LF.contrastive_loss(a, b, y, margin, distance, reduction=reduction),
+        lambda a, b: ref_contrastive(a, b, y, margin, distance, reduction),
+        [x1, x2],
+        wrt=(0, 1),
+    )
+    w = rand(8, seed=6).abs()
+    soft_y = torch.rand(8, generator=torch.Generator().manual_seed(7), dtype=DT)  # soft targets in [0, 1]
+    assert_matches_reference(
+        lambda a, b: LF.contrastive_loss(a, b, soft_y, margin, distance, weight=w, reduction=reduction),
+        lambda a, b: ref_contrastive(a, b, soft_y, margin, distance, reduction, w),
+        [x1, x2],
+        wrt=(0, 1),
+    )
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("average", ["nonzero", "all"])
+def test_contrastive_pairs_matches_loop_reference(distance, average):
+    e, lab = rand(9, 3, seed=8), rand_labels(9, 3, seed=3)
+    pm, nm = (0.3, 2.0) if distance != "cosine" else (0.1, 0.8)
+    for normalize in (False, True):
+        assert_matches_reference(
+            lambda x, n=normalize: LF.contrastive_pairs_loss(
+                x, lab, pm, nm, distance, average=average, normalize_embeddings=n
+            ),
+            lambda x, n=normalize: ref_contrastive_pairs(x, lab, pm, nm, distance, average, n),
+            [e],
         )
 
 
-def test_cosine_embedding_rejects_01_targets():
-    x = torch.randn(3, 4)
-    with pytest.raises(LossValueError, match=r"only 1 \(similar\) or -1 \(dissimilar\), got 0"):
-        LF.cosine_embedding_loss(x, x, torch.tensor([1, 0, 1]))
-
-
-@pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean", "cosine"])
+@pytest.mark.parametrize("mining", MININGS)
+@pytest.mark.parametrize("distance", DISTANCES)
 @pytest.mark.parametrize("soft", [False, True])
-def test_batch_all_matches_broadcast_and_chunks(distance, soft):
-    g = torch.Generator().manual_seed(1)
-    e = torch.randn(10, 4, generator=g, dtype=torch.float64)
-    lab = torch.randint(0, 3, (10,), generator=g)
-    diff = e[:, None] - e[None]
-    if distance == "cosine":
-        d = 1 - F.normalize(e) @ F.normalize(e).T
-    else:
-        d = (diff * diff).sum(-1)
-        d = d.sqrt() if distance == "euclidean" else d
-    t = d[:, :, None] - d[:, None, :]
-    same = lab[:, None] == lab[None]
-    valid = (same & ~torch.eye(10, dtype=torch.bool))[:, :, None] & (~same)[:, None, :]
-    if soft:
-        ref = F.softplus(t)[valid].mean()
-    else:
-        vals = (t + 0.2).clamp_min(0)[valid]
-        ref = vals.sum() / (vals > 0).sum()
-    for chunk in (None, 1, 3):
-        got = LF.triplet_loss(e, lab, 0.2, "batch_all", distance, soft, chunk_size=chunk)
-        torch.testing.assert_close(got, ref)
+def test_triplet_matches_loop_reference(mining, distance, soft):
+    e, lab = rand(10, 3, seed=9), rand_labels(10, 3, seed=4)
+    margin = 0.2 if distance == "cosine" else 1.0
+    for reduction in ("mean", "sum"):
+        assert_matches_reference(
+            lambda x, r=reduction: LF.triplet_loss(x, lab, margin, mining, distance, soft, reduction=r),
+            lambda x, r=reduction: ref_triplet(x, lab, margin, mining, distance, soft, r),
+            [e],
+        )
 
 
-@pytest.mark.parametrize("mining", ["batch_hard", "batch_semi_hard", "batch_all"])
-def test_triplet_degenerate_batches_give_connected_zero(mining):
-    for emb, lab in (
-        (torch.randn(0, 3), torch.zeros(0, dtype=torch.long)),
-        (torch.randn(4, 3), torch.zeros(4, dtype=torch.long)),
+def test_triplet_normalized_and_chunked_match_loop_reference():
+    e, lab = rand(11, 4, seed=10), rand_labels(11, 4, seed=5)
+    for mining in MININGS:
+        assert_matches_reference(
+            lambda x, m=mining: LF.triplet_loss(x, lab, 0.3, m, normalize_embeddings=True, chunk_size=2),
+            lambda x, m=mining: ref_triplet(x, lab, 0.3, m, "euclidean", False, "mean", normalize=True),
+            [e],
+        )
+
+
+def test_triplet_batch_hard_is_hermans_mean_over_valid_anchors():
+    # anchors 0, 1 (class 0) have a positive and a negative; 2 and 3 (class 1, 2) have no positive
+    e = torch.tensor([[0.0, 0.0], [0.0, 1.0], [0.0, 0.5], [0.0, 3.0]], dtype=DT)
+    lab = torch.tensor([0, 0, 1, 2])
+    # anchor 0: max d_ap = 1, min d_an = 0.5 -> 0.7; anchor 1: 1 - 0.5 + 0.2 = 0.7
+    torch.testing.assert_close(LF.triplet_loss(e, lab, 0.2), torch.tensor(0.7, dtype=DT))
+    torch.testing.assert_close(LF.triplet_loss(e, lab, 0.2, reduction="sum"), torch.tensor(1.4, dtype=DT))
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_nt_xent_matches_loop_reference(reduction):
+    z1, z2 = rand(5, 4, seed=11), rand(5, 4, seed=12)
+    for tau in (0.5, 0.1):
+        assert_matches_reference(
+            lambda a, b, t=tau: LF.nt_xent_loss(a, b, t, reduction=reduction),
+            lambda a, b, t=tau: ref_nt_xent(a, b, t, reduction),
+            [z1, z2],
+            wrt=(0, 1),
+        )
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_supcon_matches_loop_reference(reduction):
+    e, lab = rand(8, 4, seed=13), torch.tensor([0, 1, 0, 2, 1, 3, 0, 4])  # 3 and 4: no positive
+    assert_matches_reference(
+        lambda x: LF.supcon_loss(x, lab, 0.2, reduction=reduction),
+        lambda x: ref_supcon(x, lab, 0.2, reduction),
+        [e],
+    )
+    views = rand(5, 2, 3, seed=14)
+    lab5 = torch.tensor([0, 1, 0, 2, 1])
+    assert_matches_reference(
+        lambda x: LF.supcon_loss(x, lab5, 0.3, 0.07, reduction=reduction),
+        lambda x: ref_supcon(x, lab5, 0.3, reduction, base_tau=0.07),
+        [views],
+    )
+    # labels=None: instance discrimination, the other views of the same sample are the positives
+    assert_matches_reference(
+        lambda x: LF.supcon_loss(x, None, 0.3, reduction=reduction),
+        lambda x: ref_supcon(x, torch.arange(5), 0.3, reduction),
+        [views],
+    )
+
+
+# ============================================================================ 2. gradcheck (float64)
+
+
+def test_gradcheck_pair_losses():
+    x1, x2 = rand(4, 3, seed=15), rand(4, 3, seed=16)
+    y_pm, y_01 = torch.tensor([1, -1, -1, 1]), torch.tensor([1, 0, 0, 1])
+    assert_gradcheck(lambda a, b: LF.cosine_embedding_loss(a, b, y_pm, -0.5), [x1, x2], wrt=(0, 1))
+    for distance in ("euclidean", "cosine"):
+        assert_gradcheck(
+            lambda a, b, d=distance: LF.contrastive_loss(a, b, y_01, 3.0, d), [x1, x2], wrt=(0, 1)
+        )
+
+
+@pytest.mark.parametrize("mining", MININGS)
+def test_gradcheck_triplet(mining):
+    e, lab = rand(7, 3, seed=17), torch.tensor([0, 0, 1, 1, 2, 2, 0])
+    for distance, soft in (("euclidean", False), ("cosine", True)):
+        assert_gradcheck(lambda x, d=distance, s=soft: LF.triplet_loss(x, lab, 0.5, mining, d, s), [e])
+
+
+def test_gradcheck_contrastive_pairs_nt_xent_supcon():
+    e, lab = rand(6, 3, seed=18), torch.tensor([0, 0, 1, 1, 2, 2])
+    assert_gradcheck(lambda x: LF.contrastive_pairs_loss(x, lab, 0.1, 2.0, average="all"), [e])
+    assert_gradcheck(lambda a, b: LF.nt_xent_loss(a, b, 0.3), [e, rand(6, 3, seed=19)], wrt=(0, 1))
+    assert_gradcheck(lambda x: LF.supcon_loss(x, lab, 0.3), [e])
+    assert_gradcheck(lambda x: LF.supcon_loss(x, None, 0.3), [rand(3, 2, 3, seed=20)])
+
+
+# ============================================================================ 3. properties (hypothesis)
+
+batch = st.integers(min_value=2, max_value=9)
+dim = st.integers(min_value=1, max_value=4)
+seeds = st.integers(min_value=0, max_value=10_000)
+PROPS = settings(max_examples=20, deadline=None)
+
+
+@PROPS
+@given(b=batch, d=dim, seed=seeds, k=st.integers(1, 4))
+def test_property_non_negative(b, d, seed, k):
+    e, lab = rand(b, d, seed=seed), rand_labels(b, k, seed)
+    x2 = rand(b, d, seed=seed + 1)
+    y01 = rand_labels(b, 2, seed + 2)
+    assert float(LF.cosine_embedding_loss(e, x2, y01 * 2 - 1, 0.1)) >= 0
+    assert float(LF.contrastive_loss(e, x2, y01)) >= 0
+    assert float(LF.contrastive_pairs_loss(e, lab)) >= 0
+    for mining in MININGS:
+        assert float(LF.triplet_loss(e, lab, 0.2, mining)) >= 0
+    assert float(LF.nt_xent_loss(e, x2)) >= 0
+    assert float(LF.supcon_loss(e, lab)) >= 0
+
+
+def _triplet_items(lab: torch.Tensor, mining: str) -> int:
+    """Number of items 'mean' divides by for batch_hard / semi_hard (independent of distances)."""
+    n, items = lab.shape[0], 0
+    for a in range(n):
+        n_pos = sum(1 for p in range(n) if p != a and lab[p] == lab[a])
+        n_neg = sum(1 for q in range(n) if lab[q] != lab[a])
+        if n_pos and n_neg:
+            items += 1 if mining == "batch_hard" else n_pos
+    return items
+
+
+@PROPS
+@given(b=batch, d=dim, seed=seeds, k=st.integers(1, 4))
+def test_property_reduction_consistency(b, d, seed, k):
+    e, lab, x2 = rand(b, d, seed=seed), rand_labels(b, k, seed), rand(b, d, seed=seed + 1)
+    y = rand_labels(b, 2, seed + 2)
+
+    def check(fn, count):
+        torch.testing.assert_close(fn("sum"), fn("mean") * max(count, 1))
+
+    for fn in (
+        lambda r: LF.cosine_embedding_loss(e, x2, y * 2 - 1, 0.1, reduction=r),
+        lambda r: LF.contrastive_loss(e, x2, y, reduction=r),
     ):
+        torch.testing.assert_close(fn("sum"), fn("mean") * b)
+        torch.testing.assert_close(fn("none").sum(), fn("sum"))
+    for mining in ("batch_hard", "batch_semi_hard"):
+        count = _triplet_items(lab, mining)
+        fn = lambda r, m=mining: LF.triplet_loss(e, lab, 0.2, m, reduction=r)  # noqa: E731
+        check(fn, count)
+    nt = lambda r: LF.nt_xent_loss(e, x2, 0.5, reduction=r)  # noqa: E731
+    torch.testing.assert_close(nt("sum"), nt("mean") * 2 * b)
+    torch.testing.assert_close(nt("none").sum(), nt("sum"))
+    n_anchors = sum(1 for i in range(b) if (lab == lab[i]).sum() > 1)
+    sc = lambda r: LF.supcon_loss(e, lab, 0.2, reduction=r)  # noqa: E731
+    torch.testing.assert_close(sc("sum"), sc("mean") * max(n_anchors, 1))
+    torch.testing.assert_close(sc("none").sum(), sc("sum"))
+
+
+@PROPS
+@given(b=batch, d=st.integers(2, 4), seed=seeds, scale=st.floats(0.1, 10.0))
+def test_property_nt_xent_swap_symmetry_and_scale_invariance(b, d, seed, scale):
+    z1, z2 = rand(b, d, seed=seed), rand(b, d, seed=seed + 1)
+    torch.testing.assert_close(LF.nt_xent_loss(z1, z2), LF.nt_xent_loss(z2, z1))
+    per = LF.nt_xent_loss(z1, z2, reduction="none")
+    torch.testing.assert_close(LF.nt_xent_loss(z2, z1, reduction="none"), torch.cat([per[b:], per[:b]]))
+    # embeddings are L2-normalised inside: a positive rescaling changes nothing
+    torch.testing.assert_close(LF.nt_xent_loss(z1 * scale, z2), LF.nt_xent_loss(z1, z2))
+    perm = torch.randperm(b, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(LF.nt_xent_loss(z1[perm], z2[perm]), LF.nt_xent_loss(z1, z2))
+
+
+@PROPS
+@given(b=batch, d=st.integers(2, 4), seed=seeds, tau=st.floats(0.05, 2.0))
+def test_property_supcon_two_views_distinct_labels_is_nt_xent(b, d, seed, tau):
+    z1, z2 = rand(b, d, seed=seed), rand(b, d, seed=seed + 1)
+    views = torch.stack([z1, z2], dim=1)
+    want = LF.nt_xent_loss(z1, z2, tau, reduction="none")
+    torch.testing.assert_close(LF.supcon_loss(views, torch.arange(b) * 7, tau, reduction="none"), want)
+    torch.testing.assert_close(LF.supcon_loss(views, None, tau), want.mean())
+
+
+@PROPS
+@given(b=batch, d=dim, seed=seeds, k=st.integers(1, 4), shift=st.floats(-5, 5))
+def test_property_triplet_invariances(b, d, seed, k, shift):
+    e, lab = rand(b, d, seed=seed), rand_labels(b, k, seed)
+    perm = torch.randperm(b, generator=torch.Generator().manual_seed(seed))
+    for mining in MININGS:
+        base = LF.triplet_loss(e, lab, 0.3, mining)
+        # batch order and label names do not matter; Euclidean distances ignore translations
+        torch.testing.assert_close(LF.triplet_loss(e[perm], lab[perm], 0.3, mining), base)
+        torch.testing.assert_close(LF.triplet_loss(e, lab * 5 + 11, 0.3, mining), base)
+        torch.testing.assert_close(LF.triplet_loss(e + shift, lab, 0.3, mining), base, rtol=1e-6, atol=1e-6)
+    # cosine distance ignores the embeddings' norms
+    scales = rand(b, seed=seed + 3).abs() + 0.1
+    torch.testing.assert_close(
+        LF.triplet_loss(e * scales[:, None], lab, 0.1, "batch_all", "cosine"),
+        LF.triplet_loss(e, lab, 0.1, "batch_all", "cosine"),
+    )
+
+
+@PROPS
+@given(b=batch, d=dim, seed=seeds)
+def test_property_pair_losses_symmetry_and_scale(b, d, seed):
+    x1, x2 = rand(b, d, seed=seed), rand(b, d, seed=seed + 1)
+    y = rand_labels(b, 2, seed)
+    torch.testing.assert_close(LF.contrastive_loss(x1, x2, y), LF.contrastive_loss(x2, x1, y))
+    torch.testing.assert_close(
+        LF.cosine_embedding_loss(3.0 * x1, x2, y * 2 - 1, 0.2),
+        LF.cosine_embedding_loss(x1, x2, y * 2 - 1, 0.2),
+    )
+
+
+# ============================================================================ 4. degenerate batches
+
+
+def _batch_losses():
+    """(name, fn(embeddings, labels)) for every batch loss (pair losses take x2 = flipped batch)."""
+    return [
+        ("contrastive_pairs", lambda e, lab: LF.contrastive_pairs_loss(e, lab)),
+        *[(f"triplet_{m}", lambda e, lab, m=m: LF.triplet_loss(e, lab, 0.2, m)) for m in MININGS],
+        ("supcon", lambda e, lab: LF.supcon_loss(e, lab)),
+    ]
+
+
+@pytest.mark.parametrize("name", [n for n, _ in _batch_losses()])
+def test_degenerate_batches_give_connected_zero(name):
+    fn = dict(_batch_losses())[name]
+    cases = [
+        (torch.randn(0, 3), torch.zeros(0, dtype=torch.long)),  # empty
+        (torch.randn(1, 3), torch.zeros(1, dtype=torch.long)),  # B = 1
+    ]
+    if name != "contrastive_pairs":  # its positive and negative terms are independent (below)
+        cases.append((torch.randn(5, 3), torch.arange(5)))  # no positive pair
+        cases.append((torch.randn(4, 3), torch.zeros(4, dtype=torch.long)))  # one class: no negative
+    for emb, lab in cases:
         e = emb.clone().requires_grad_(True)
-        assert_connected_zero(LF.triplet_loss(e, lab, mining=mining), e)
+        assert_connected_zero(fn(e, lab), e)
 
 
-def test_supcon_no_positive_gives_connected_zero():
+def test_contrastive_pairs_missing_term_is_zero_the_other_still_counts():
+    e = rand(4, 3, seed=21).requires_grad_(True)
+    for lab in (torch.zeros(4, dtype=torch.long), torch.arange(4)):  # one class / no positive pair
+        assert_connected_zero(LF.contrastive_pairs_loss(e, lab, pos_margin=100.0, neg_margin=0.0), e)
+        value = LF.contrastive_pairs_loss(e, lab, 0.0, 10.0)  # only one of the two terms exists
+        want = ref_contrastive_pairs(e.detach(), lab, 0.0, 10.0, "euclidean", "nonzero", False)
+        assert float(want) > 0
+        torch.testing.assert_close(value, want)
+
+
+def test_nt_xent_and_pair_losses_degenerate():
+    for b in (0, 1):  # B = 1: the two views have nothing to be contrasted with
+        z1, z2 = torch.randn(b, 3, requires_grad=True), torch.randn(b, 3, requires_grad=True)
+        assert_connected_zero(LF.nt_xent_loss(z1, z2), z1, z2)
+    x = torch.randn(0, 3, requires_grad=True)
+    assert_connected_zero(LF.cosine_embedding_loss(x, x, torch.ones(0)), x)
+    assert_connected_zero(LF.contrastive_loss(x, x, torch.ones(0)), x)
+
+
+def test_degenerate_zero_inside_a_larger_graph_keeps_backward_working():
     e = torch.randn(4, 3, requires_grad=True)
-    assert_connected_zero(LF.supcon_loss(e, torch.arange(4)), e)
+    total = LF.triplet_loss(e, torch.zeros(4, dtype=torch.long)) + (e**2).sum()
+    total.backward()
+    torch.testing.assert_close(e.grad, 2 * e.detach())
+
+
+# ============================================================================ 5. low precision, d = 0
+
+
+def test_no_inf_literals_in_masks():
+    tree = ast.parse(pathlib.Path(E.__file__).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "float":
+            args = [a.value for a in node.args if isinstance(a, ast.Constant)]
+            assert not any("inf" in str(a).lower() for a in args), f"float('inf') on line {node.lineno}"
+        if isinstance(node, ast.Attribute):
+            assert node.attr not in ("inf", "ninf"), f".{node.attr} on line {node.lineno}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_extreme_inputs_finite(dtype):
+    e = extreme_logits((12, 6), dtype, seed=2).requires_grad_(True)
+    x2 = extreme_logits((12, 6), dtype, seed=3)
+    lab = torch.tensor([0, 1, 2] * 4)
+    y01 = rand_labels(12, 2, 4)
+    losses = [
+        LF.cosine_embedding_loss(e, x2, y01 * 2 - 1),
+        LF.contrastive_loss(e, x2, y01, margin=1e5),
+        LF.contrastive_pairs_loss(e, lab, neg_margin=1e5),
+        LF.nt_xent_loss(e, x2, 0.05),
+        LF.supcon_loss(e, lab, 0.05),
+        *[LF.triplet_loss(e, lab, 1.0, m, dist) for m in MININGS for dist in DISTANCES],
+    ]
+    for value in losses:
+        assert value.dtype == torch.float32
+        assert_finite_with_grads(value, e)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_computed_in_float32(dtype):
+    e, lab = rand(10, 4, seed=22, dtype=torch.float32).to(dtype), rand_labels(10, 3, 6)
+    x2 = rand(10, 4, seed=23, dtype=torch.float32).to(dtype)
+    for fn in (
+        lambda x, y: LF.triplet_loss(x, lab, 0.5, "batch_all"),
+        lambda x, y: LF.triplet_loss(x, lab, 0.5, "batch_semi_hard", "cosine"),
+        lambda x, y: LF.supcon_loss(x, lab, 0.1),
+        lambda x, y: LF.nt_xent_loss(x, y, 0.1),
+        lambda x, y: LF.contrastive_pairs_loss(x, lab),
+    ):
+        torch.testing.assert_close(fn(e, x2), fn(e.float(), x2.float()))
+
+
+def test_duplicate_embeddings_give_finite_euclidean_gradients():
+    base = rand(3, 4, seed=24)
+    e = torch.cat([base, base, base[:1] + 1e-3]).requires_grad_(True)  # d(a, p) = 0 for every pair
+    lab = torch.tensor([0, 1, 2, 0, 1, 2, 1])  # the last row is a negative right next to anchor 0
+    for mining in MININGS:
+        for soft in (False, True):
+            value = LF.triplet_loss(e, lab, 0.5, mining, "euclidean", soft)
+            assert float(value.detach()) > 0  # the hinge is active at d(a, p) = 0
+            assert_finite_with_grads(value, e)
+    assert_finite_with_grads(LF.contrastive_pairs_loss(e, torch.zeros(7, dtype=torch.long), 0.0, 1.0), e)
+    x = rand(4, 3, seed=25).requires_grad_(True)
+    value = LF.contrastive_loss(x, x.detach().clone(), torch.zeros(4), margin=1.0)  # d = 0, dissimilar
+    torch.testing.assert_close(value, torch.tensor(0.5, dtype=DT))
+    assert_finite_with_grads(value, x)
+    assert_finite_with_grads(LF.contrastive_pairs_loss(x.repeat(2, 1), torch.tensor([0, 1, 2, 3] * 2)), x)
+
+
+# ============================================================================ memory: no B^3 for batch_all
+
+
+def saved_bytes(fn) -> int:
+    """Bytes of the distinct storages saved for backward while ``fn`` runs."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def test_batch_all_saved_bytes_grow_as_b_squared():
+    def run(b: int) -> int:
+        e = torch.randn(b, 8, requires_grad=True)
+        lab = torch.arange(b) % 16
+        return saved_bytes(lambda: LF.triplet_loss(e, lab, 0.2, "batch_all"))
+
+    small, large = run(128), run(512)
+    b = 512
+    assert large < 16 * b * b * 4, f"{large} bytes saved at B=512 (B^3 floats would be {b**3 * 4})"
+    assert large / small < 16 * 1.3  # B x4 -> bytes x16 (B^2), not x64 (B^3)
+
+
+# ============================================================================ 6. bad input, with messages
+
+
+def test_bad_inputs_raise_clear_errors():
+    e, lab = torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
+    cases = [
+        (
+            lambda: LF.triplet_loss(e, lab, reduction="none"),
+            LossValueError,
+            "reduction must be one of 'mean', 'sum', got 'none'",
+        ),
+        (
+            lambda: LF.nt_xent_loss(e, e, reduction="avg"),
+            LossValueError,
+            "reduction must be one of 'none', 'mean', 'sum', got 'avg'",
+        ),
+        (lambda: LF.supcon_loss(e, lab, reduction=1), LossTypeError, "reduction must be a string"),
+        (
+            lambda: LF.cosine_embedding_loss(e, e, torch.tensor([1, -1, 1, 1]), reduction="max"),
+            LossValueError,
+            "reduction must be one of",
+        ),
+        (
+            lambda: LF.triplet_loss(e, lab[:3]),
+            LossValueError,
+            r"labels has shape \(3,\), expected \(4,\) to match embeddings of shape \(4, 2\)",
+        ),
+        (
+            lambda: LF.triplet_loss(e, lab[:, None]),
+            LossValueError,
+            r"labels has shape \(4, 1\), expected \(4,\)",
+        ),
+        (
+            lambda: LF.supcon_loss(e, lab.float()),
+            LossTypeError,
+            "labels must be an integer tensor of class indices, got dtype torch.float32",
+        ),
+        (lambda: LF.contrastive_pairs_loss(e, lab.bool()), LossTypeError, "labels must be an integer tensor"),
+        (
+            lambda: LF.triplet_loss(e[0], lab),
+            LossValueError,
+            r"embeddings must be \(B, D\), got shape \(2,\)",
+        ),
+        (
+            lambda: LF.triplet_loss(lab[:, None], lab),
+            LossTypeError,
+            "embeddings must be a floating-point tensor, got dtype torch.int64",
+        ),
+        (
+            lambda: LF.supcon_loss(torch.randn(2, 2, 2, 2), None),
+            LossValueError,
+            r"embeddings must be \(B, D\) or \(B, V, D\)",
+        ),
+        (
+            lambda: LF.nt_xent_loss(e, e[:3]),
+            LossValueError,
+            r"z2 has shape \(3, 2\), expected \(4, 2\) to match z1",
+        ),
+        (
+            lambda: LF.cosine_embedding_loss(e, e[:, :1], lab),
+            LossValueError,
+            r"input2 has shape \(4, 1\), expected \(4, 2\) to match input1",
+        ),
+        (
+            lambda: LF.cosine_embedding_loss(e, e, torch.tensor([1, -1])),
+            LossValueError,
+            r"target has shape \(2,\), expected \(4,\): one entry per pair",
+        ),
+        (
+            lambda: LF.contrastive_loss(e, e, torch.ones(4), weight=torch.ones(3)),
+            LossValueError,
+            r"weight has shape \(3,\), expected \(4,\)",
+        ),
+        (lambda: LF.triplet_loss(e, lab, margin=-0.1), LossValueError, "margin must be >= 0.0, got -0.1"),
+        (
+            lambda: LF.contrastive_loss(e, e, torch.ones(4), margin=0.0),
+            LossValueError,
+            "margin must be > 0.0, got 0.0",
+        ),
+        (
+            lambda: LF.cosine_embedding_loss(e, e, torch.ones(4), margin=1.5),
+            LossValueError,
+            "margin must be <= 1.0, got 1.5",
+        ),
+        (
+            lambda: LF.contrastive_pairs_loss(e, lab, neg_margin=-1.0),
+            LossValueError,
+            "neg_margin must be >= 0.0",
+        ),
+        (lambda: LF.triplet_loss(e, lab, margin="big"), LossTypeError, "margin must be a number"),
+        (
+            lambda: LF.nt_xent_loss(e, e, temperature=0.0),
+            LossValueError,
+            "temperature must be > 0.0, got 0.0",
+        ),
+        (
+            lambda: LF.supcon_loss(e, lab, temperature=-1.0),
+            LossValueError,
+            "temperature must be > 0.0, got -1.0",
+        ),
+        (
+            lambda: LF.supcon_loss(e, lab, base_temperature=0),
+            LossValueError,
+            "base_temperature must be > 0.0",
+        ),
+        (
+            lambda: LF.nt_xent_loss(e, e, temperature=float("nan")),
+            LossValueError,
+            "temperature must not be NaN",
+        ),
+        (
+            lambda: LF.triplet_loss(e, lab, mining="hard"),
+            LossValueError,
+            "mining must be one of 'batch_hard', 'batch_semi_hard', 'batch_all', got 'hard'",
+        ),
+        (
+            lambda: LF.triplet_loss(e, lab, distance="manhattan"),
+            LossValueError,
+            "distance must be one of 'euclidean', 'squared_euclidean', 'cosine', got 'manhattan'",
+        ),
+        (
+            lambda: LF.contrastive_loss(e, e, torch.ones(4), distance="squared_euclidean"),
+            LossValueError,
+            "distance must be one of 'euclidean', 'cosine'",
+        ),
+        (
+            lambda: LF.contrastive_pairs_loss(e, lab, average="mean"),
+            LossValueError,
+            "average must be one of 'nonzero', 'all', got 'mean'",
+        ),
+        (
+            lambda: LF.triplet_loss(e, lab, mining="batch_all", chunk_size=0),
+            LossValueError,
+            "chunk_size must be >= 1, got 0",
+        ),
+        (
+            lambda: LF.cosine_embedding_loss(e, e, torch.tensor([1, 0, 1, 0])),
+            LossValueError,
+            r"only 1 \(similar\) or -1 \(dissimilar\), got 0 \(for 0/1 labels pass 2 \* target - 1\)",
+        ),
+        (
+            lambda: LF.cosine_embedding_loss(e, e, torch.tensor([1, 2, 1, 1])),
+            LossValueError,
+            r"only 1 \(similar\) or -1 \(dissimilar\), got 2$",
+        ),
+        (
+            lambda: LF.contrastive_loss(e, e, torch.tensor([1, -1, 1, 1])),
+            LossValueError,
+            r"1 \(similar\) or 0 \(dissimilar\).*got -1 \(for 1/-1 labels pass \(target \+ 1\) / 2\)",
+        ),
+        (lambda: LF.nt_xent_loss(e.long(), e.long()), LossTypeError, "z1 must be a floating-point tensor"),
+    ]
+    for call, err, msg in cases:
+        with pytest.raises(err, match=msg):
+            call()
+
+
+def test_modules_check_hyperparameters_at_construction():
+    cases = [
+        (lambda: losskit.TripletLoss(mining="semi"), "mining must be one of"),
+        (lambda: losskit.TripletLoss(distance="l1"), "distance must be one of"),
+        (lambda: losskit.TripletLoss(margin=-1.0), "margin must be >= 0.0"),
+        (lambda: losskit.TripletLoss(reduction="none"), "reduction must be one of 'mean', 'sum'"),
+        (lambda: losskit.NTXentLoss(temperature=0), "temperature must be > 0.0"),
+        (lambda: losskit.SupConLoss(base_temperature=-0.1), "base_temperature must be > 0.0"),
+        (lambda: losskit.ContrastivePairsLoss(average="x"), "average must be one of"),
+        (lambda: losskit.ContrastiveLoss(distance="dot"), "distance must be one of"),
+        (lambda: losskit.CosineEmbeddingLoss(margin=-2.0), "margin must be >= -1.0"),
+        (lambda: losskit.CosineEmbeddingLoss(reduction="avg"), "reduction must be one of"),
+    ]
+    for call, msg in cases:
+        with pytest.raises(LossValueError, match=msg):
+            call()
+
+
+# ============================================================================ 7. modules, serialisation, compile
+
+E1, E2 = rand(8, 3, seed=30, dtype=torch.float32), rand(8, 3, seed=31, dtype=torch.float32)
+LAB = torch.tensor([0, 1, 2, 0, 1, 2, 0, 3])
+Y_PM, Y_01 = torch.tensor([1, -1, 1, -1, 1, 1, -1, -1]), torch.tensor([1, 0, 1, 0, 1, 1, 0, 0])
+
+MODULE_CASES = [
+    (
+        "cosine_embedding",
+        {"margin": 0.2, "reduction": "sum"},
+        lambda: LF.cosine_embedding_loss(E1, E2, Y_PM, 0.2, reduction="sum"),
+        (E1, E2, Y_PM),
+    ),
+    (
+        "contrastive",
+        {"margin": 0.7, "distance": "cosine"},
+        lambda: LF.contrastive_loss(E1, E2, Y_01, 0.7, "cosine"),
+        (E1, E2, Y_01),
+    ),
+    (
+        "contrastive_pairs",
+        {"pos_margin": 0.1, "neg_margin": 1.5, "distance": "squared_euclidean", "average": "all"},
+        lambda: LF.contrastive_pairs_loss(E1, LAB, 0.1, 1.5, "squared_euclidean", average="all"),
+        (E1, LAB),
+    ),
+    (
+        "triplet",
+        {"margin": 0.3, "mining": "batch_all", "distance": "cosine", "reduction": "sum", "chunk_size": 3},
+        lambda: LF.triplet_loss(E1, LAB, 0.3, "batch_all", "cosine", reduction="sum", chunk_size=3),
+        (E1, LAB),
+    ),
+    (
+        "triplet",
+        {"mining": "batch_semi_hard", "soft_margin": True, "normalize_embeddings": True},
+        lambda: LF.triplet_loss(E1, LAB, 0.2, "batch_semi_hard", soft_margin=True, normalize_embeddings=True),
+        (E1, LAB),
+    ),
+    (
+        "nt_xent",
+        {"temperature": 0.2, "reduction": "none"},
+        lambda: LF.nt_xent_loss(E1, E2, 0.2, reduction="none"),
+        (E1, E2),
+    ),
+    ("info_nce", {"temperature": 0.3}, lambda: LF.nt_xent_loss(E1, E2, 0.3), (E1, E2)),
+    (
+        "supcon",
+        {"temperature": 0.2, "base_temperature": 0.07},
+        lambda: LF.supcon_loss(E1, LAB, 0.2, 0.07),
+        (E1, LAB),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", range(len(MODULE_CASES)))
+def test_registry_build_module_equals_functional_and_round_trips(case):
+    name, kwargs, functional, args = MODULE_CASES[case]
+    assert losskit.registry.get_spec(name).name in losskit.available()
+    module = losskit.build(name, **kwargs)
+    assert module.__module__ == "losskit.embedding"
+    assert_module_matches(module, functional(), *args)
+    assert_module_matches(losskit.build({"name": name, **kwargs}), functional(), *args)
+
+
+def test_torch_triplet_margin_still_buildable():
+    module = losskit.build("triplet_margin", margin=0.5)
+    assert isinstance(module, torch.nn.TripletMarginLoss)
+    a, p, n = rand(4, 3, seed=32), rand(4, 3, seed=33), rand(4, 3, seed=34)
+    want = sum(max(float((a[i] - p[i]).norm() - (a[i] - n[i]).norm()) + 0.5, 0.0) for i in range(4)) / 4
+    assert math.isclose(float(module(a, p, n)), want, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "triplet_batch_hard",
+        "triplet_batch_semi_hard",
+        "triplet_batch_all",
+        "nt_xent",
+        "supcon",
+        "pairs",
+        "cosine",
+        "contrastive",
+    ],
+)
+def test_compile_fullgraph_equals_eager(name):
+    fns = {
+        "triplet_batch_hard": (lambda e, lab: LF.triplet_loss(e, lab, 0.2, "batch_hard"), (E1, LAB)),
+        "triplet_batch_semi_hard": (
+            lambda e, lab: LF.triplet_loss(e, lab, 0.2, "batch_semi_hard", "cosine"),
+            (E1, LAB),
+        ),
+        "triplet_batch_all": (
+            lambda e, lab: LF.triplet_loss(e, lab, 0.2, "batch_all", chunk_size=3),
+            (E1, LAB),
+        ),
+        "nt_xent": (lambda a, b: LF.nt_xent_loss(a, b, 0.5), (E1, E2)),
+        "supcon": (lambda e, lab: LF.supcon_loss(e, lab, 0.1), (E1, LAB)),
+        "pairs": (lambda e, lab: LF.contrastive_pairs_loss(e, lab), (E1, LAB)),
+        "cosine": (lambda a, b, y: LF.cosine_embedding_loss(a, b, y, 0.1), (E1, E2, Y_PM)),
+        "contrastive": (lambda a, b, y: LF.contrastive_loss(a, b, y), (E1, E2, Y_01)),
+    }
+    fn, args = fns[name]
+    assert_compiles(fn, *args)
+
+
+# ============================================================================ gather_distributed without a process group
+
+
+def test_gather_distributed_flag_is_a_no_op_without_process_group():
+    assert not torch.distributed.is_initialized()
+    views = torch.stack([E1, E2], dim=1)
+    pairs = [
+        (lambda **k: LF.nt_xent_loss(E1, E2, 0.3, **k)),
+        (lambda **k: LF.nt_xent_loss(E1, E2, 0.3, reduction="sum", **k)),
+        (lambda **k: LF.supcon_loss(views, LAB, 0.3, **k)),
+        (lambda **k: LF.supcon_loss(views, None, 0.3, reduction="sum", **k)),
+        (lambda **k: LF.contrastive_pairs_loss(E1, LAB, **k)),
+        *[(lambda m=m, **k: LF.triplet_loss(E1, LAB, 0.2, m, **k)) for m in MININGS],
+    ]
+    for fn in pairs:
+        torch.testing.assert_close(fn(gather_distributed=True), fn())
+    for cls, args in (
+        (losskit.NTXentLoss, (E1, E2)),
+        (losskit.SupConLoss, (E1, LAB)),
+        (losskit.TripletLoss, (E1, LAB)),
+        (losskit.ContrastivePairsLoss, (E1, LAB)),
+    ):
+        module = cls(gather_distributed=True)
+        assert module.gather_distributed
+        torch.testing.assert_close(module(*args), cls()(*args))
