@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import losskit.functional as LF
-from harness import assert_gradcheck, assert_matches_reference, extreme_logits
-from losskit._kernels import _compile
+from harness import assert_gradcheck, assert_matches_reference, extreme_logits, value_and_grads
+from losskit._kernels import _compile, fused_kernels
 from losskit._kernels.asymmetric import asymmetric, asymmetric_supports
 from losskit._kernels.distill import distill_supports, jsd_rows, kd_rows
 from losskit._kernels.overlap import class_sums, class_sums_supports
@@ -27,6 +27,16 @@ from losskit._kernels.softmax_focal import softmax_focal_rows, softmax_focal_sup
 
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def eager_path(fn):
+    """``fn`` run with the public losses on their eager reference code (fused kernels off)."""
+
+    def run(*args):
+        with fused_kernels(False):
+            return fn(*args)
+
+    return run
 
 
 # ----------------------------------------------------------------------------- float64 references
@@ -140,8 +150,10 @@ def test_sigmoid_focal_matches_public(alpha, gamma, use_pw, reduction):
     assert sigmoid_focal_supports(x, t, pw, reduction=reduction)
     assert_matches_reference(
         lambda x: sigmoid_focal(x, t, a, gamma, pw, reduction),
-        lambda x: LF.sigmoid_focal_loss(
-            x, t.double(), a, gamma, reduction, pos_weight=None if pw is None else pw.double()
+        eager_path(
+            lambda x: LF.sigmoid_focal_loss(
+                x, t.double(), a, gamma, reduction, pos_weight=None if pw is None else pw.double()
+            )
         ),
         [x],
     )
@@ -237,7 +249,7 @@ def test_softmax_focal_matches_public(reduction, with_weights):
         w = None if weight is None else weight.double()
         return LF.focal_loss(x, y, a, 2.0, reduction, weight=w, ignore_index=ii)
 
-    assert_matches_reference(fn, public, [x])
+    assert_matches_reference(fn, eager_path(public), [x])
 
 
 def test_softmax_focal_gamma_zero_is_cross_entropy_and_all_ignored_is_zero():
@@ -305,7 +317,9 @@ def test_kd_matches_public(reduction):
         rows = kd_rows(s, t, 3.0)
         return {"batchmean": rows.sum() / s.shape[0], "sum": rows.sum(), "none": rows}[reduction]
 
-    assert_matches_reference(fn, lambda s, t: LF.kd_loss(s, t, 3.0, reduction), [s, t], wrt=(0, 1))
+    assert_matches_reference(
+        fn, eager_path(lambda s, t: LF.kd_loss(s, t, 3.0, reduction)), [s, t], wrt=(0, 1)
+    )
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
@@ -323,7 +337,7 @@ def test_jsd_matches_public(beta):
             rows = jsd_rows(s2, t2, beta, 1.5)
         return rows.mean()
 
-    assert_matches_reference(fn, lambda s, t: LF.jsd_loss(s, t, beta, 1.5), [s, t], wrt=(0, 1))
+    assert_matches_reference(fn, eager_path(lambda s, t: LF.jsd_loss(s, t, beta, 1.5)), [s, t], wrt=(0, 1))
 
 
 def test_distill_supports():
@@ -424,7 +438,9 @@ def test_asymmetric_matches_reference_and_public(gamma_neg, gamma_pos, clip, red
         fn, lambda x: ref_asymmetric(x, t.double(), gamma_neg, gamma_pos, clip, reduction), [x]
     )
     assert_matches_reference(
-        fn, lambda x: LF.asymmetric_loss(x, t.double(), gamma_neg, gamma_pos, clip, reduction), [x]
+        fn,
+        eager_path(lambda x: LF.asymmetric_loss(x, t.double(), gamma_neg, gamma_pos, clip, reduction)),
+        [x],
     )
     assert_gradcheck(lambda x: asymmetric(x, t.double(), gamma_neg, gamma_pos, clip, reduction), [x])
 
@@ -576,3 +592,236 @@ def test_kernel_under_outer_compile_runs_eagerly():
     torch.testing.assert_close(fn(x), sigmoid_focal(x, t, 0.25, 2.0, None, "mean"))
     assert not sigmoid_focal_supports(x, t) or not torch.compiler.is_compiling()
     assert math.isfinite(float(fn(x)))
+
+
+# ----------------------------------------------------------------------------- public losses use the kernels
+
+
+def _graph_names(out: torch.Tensor) -> set[str]:
+    names, stack, seen = set(), [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        names.add(type(node).__name__)
+        stack.extend(n for n, _ in node.next_functions)
+    return names
+
+
+def _public_cases():
+    """(name, public call, kernel backward node, float64 reference, args, wrt) for supported calls."""
+    g = gen(60)
+    n, c = 48, 40
+    x = torch.randn(n, c, generator=g) * 4
+    t = (torch.rand(n, c, generator=g) > 0.8).float()
+    ts = torch.rand(n, c, generator=g)  # soft targets
+    pw = torch.rand(c, generator=g) + 0.5
+    y = torch.randint(0, c, (n,), generator=g)
+    y[:5] = -100
+    alpha = torch.rand(c, generator=g) + 0.2
+    w = torch.rand(c, generator=g) + 0.2
+    s3 = torch.randn(4, 6, c, generator=g) * 3
+    t3 = torch.randn(4, 6, c, generator=g) * 3
+    tok = torch.randint(0, c, (4, 6), generator=g)
+    tok[0, :3] = -100
+    v3 = tok != -100
+
+    def ref_focal(x, y):
+        rows = ref_softmax_focal_rows(x, y, 2.0, -100, alpha.double() * w.double())
+        valid = y != -100
+        return rows.sum() / w.double()[y.clamp_min(0)][valid].sum()
+
+    def ref_jsd_tokens(s, t, beta):
+        s2, t2 = s.reshape(-1, c), t.reshape(-1, c)
+        if beta == 0.0:
+            rows = ref_kd_rows(s2, t2, 2.0, 1.0)
+        elif beta == 1.0:
+            rows = ref_kd_rows(t2, s2, 2.0, 1.0)
+        else:
+            rows = ref_jsd_rows(s2, t2, beta, 2.0)
+        return rows.reshape(4, 6)[v3].sum() / v3.sum()
+
+    return [
+        (
+            "sigmoid_focal",
+            lambda x, t: LF.sigmoid_focal_loss(x, t, 0.25, 2.0, "mean"),
+            "_SigmoidFocalBackward",
+            lambda x, t: ref_sigmoid_focal(x, t, 0.25, 2.0, None, "mean"),
+            [x, t],
+            (0,),
+        ),
+        (
+            "sigmoid_focal_pos_weight_normalizer",
+            lambda x, t: LF.sigmoid_focal_loss(x, t, 0.4, 1.5, "mean", pos_weight=pw, normalizer=7.0),
+            "_SigmoidFocalBackward",
+            lambda x, t: ref_sigmoid_focal(x, t, 0.4, 1.5, pw.double(), "sum") / 7.0,
+            [x, ts],
+            (0,),
+        ),
+        (
+            "focal",
+            lambda x, y: LF.focal_loss(x, y, 1.0, 2.0),
+            "_SoftmaxFocalRowsBackward",
+            lambda x, y: ref_softmax_focal_rows(x, y, 2.0, -100, None).sum() / (y != -100).sum(),
+            [x, y],
+            (0,),
+        ),
+        (
+            "focal_alpha_weight",
+            lambda x, y: LF.focal_loss(x, y, alpha, 2.0, weight=w),
+            "_SoftmaxFocalRowsBackward",
+            ref_focal,
+            [x, y],
+            (0,),
+        ),
+        (
+            "kd",
+            lambda s, t: LF.kd_loss(s, t, 4.0),
+            "_KDRowsBackward",
+            lambda s, t: ref_kd_rows(s, t, 4.0, 16.0).sum() / s.shape[0],
+            [x, x.flip(0)],
+            (0, 1),
+        ),
+        (
+            "kd_tokens_dim_last",
+            lambda s, t: LF.kd_loss(s, t, 2.0, "mean", dim=-1),
+            "_KDRowsBackward",
+            lambda s, t: ref_kd_rows(s.reshape(-1, c), t.reshape(-1, c), 2.0, 4.0).mean(),
+            [s3, t3],
+            (0, 1),
+        ),
+        *[
+            (
+                f"jsd_beta{beta}",
+                lambda s, t, beta=beta: LF.jsd_loss(s, t, beta, 2.0, tok),
+                "_KDRowsBackward" if beta in (0.0, 1.0) else "_JSDRowsBackward",
+                lambda s, t, beta=beta: ref_jsd_tokens(s, t, beta),
+                [s3, t3],
+                (0, 1),
+            )
+            for beta in (0.0, 0.4, 1.0)
+        ],
+        (
+            "asymmetric",
+            lambda x, t: LF.asymmetric_loss(x, t),
+            "_AsymmetricBackward",
+            lambda x, t: ref_asymmetric(x, t, 4.0, 0.0, 0.05, "mean"),
+            [x, ts],
+            (0,),
+        ),
+    ]
+
+
+PUBLIC_IDS = [case[0] for case in _public_cases()]
+
+
+@pytest.mark.parametrize("case", range(len(PUBLIC_IDS)), ids=PUBLIC_IDS)
+def test_public_loss_takes_fused_path_and_saves_only_inputs(case):
+    name, fn, node, _, args, wrt = _public_cases()[case]
+    leaves = [a.clone().requires_grad_(i in wrt) for i, a in enumerate(args)]
+    inputs = {a.untyped_storage().data_ptr() for a in leaves}
+    seen = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda a: seen.append(a) or a, lambda a: a):
+        loss = fn(*leaves)
+    assert node in _graph_names(loss), name
+    # nothing of the logits' size beyond the inputs: at most per-class / per-token vectors (pos_weight,
+    # alpha * weight, a token mask) or a scalar denominator
+    extra = [a for a in seen if a.untyped_storage().data_ptr() not in inputs]
+    assert all(a.numel() <= 48 for a in extra), (name, [tuple(a.shape) for a in extra])
+    with fused_kernels(False):
+        eager = fn(*leaves)
+    assert node not in _graph_names(eager), name
+    torch.testing.assert_close(loss, eager, rtol=1e-5, atol=1e-6)
+
+
+def _max_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((a.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("case", range(len(PUBLIC_IDS)), ids=PUBLIC_IDS)
+def test_public_fused_path_as_precise_as_eager(case):
+    """fp32 error of the fused path vs a float64 reference is at most the eager path's plus a little."""
+    name, fn, _, ref, args, wrt = _public_cases()[case]
+    ref_val, ref_grads = value_and_grads(ref, [a.double() if a.is_floating_point() else a for a in args], wrt)
+    fused_val, fused_grads = value_and_grads(fn, args, wrt)
+    with fused_kernels(False):
+        eager_val, eager_grads = value_and_grads(fn, args, wrt)
+    tol = 4 * torch.finfo(torch.float32).eps
+    assert _max_err(fused_val, ref_val) <= _max_err(eager_val, ref_val) + tol, name
+    for fg, eg, rg in zip(fused_grads, eager_grads, ref_grads):
+        assert _max_err(fg, rg) <= _max_err(eg, rg) + tol, name
+
+
+@pytest.mark.parametrize("case", range(len(PUBLIC_IDS)), ids=PUBLIC_IDS)
+def test_public_gradcheck_float64_on_fused_path(case):
+    name, fn, node, _, args, wrt = _public_cases()[case]
+    probe = [a.double().requires_grad_(i in wrt) if a.is_floating_point() else a for i, a in enumerate(args)]
+    assert node in _graph_names(fn(*probe)), name  # float64 takes the fused path too
+    if args[0].dim() == 2:  # (N, C) cases on 6 rows; the token cases' rows are gradchecked above
+        assert_gradcheck(fn, [a[:6] for a in args], wrt=wrt)
+
+
+def test_public_falls_back_to_eager_when_unsupported():
+    g = gen(61)
+    x = torch.randn(6, 5, generator=g)
+    t = (torch.rand(6, 5, generator=g) > 0.5).float()
+    y = torch.randint(0, 5, (6,), generator=g)
+    x4 = torch.randn(2, 5, 3, generator=g)
+    y4 = torch.randint(0, 5, (2, 3), generator=g)
+    kernel_nodes = {
+        "_SigmoidFocalBackward",
+        "_SoftmaxFocalRowsBackward",
+        "_KDRowsBackward",
+        "_JSDRowsBackward",
+    }
+    kernel_nodes |= {"_AsymmetricBackward"}
+    xg = x.clone().requires_grad_()
+    eager_calls = [
+        LF.sigmoid_focal_loss(xg, t, weight=torch.rand(6, 5, generator=g)),
+        LF.sigmoid_focal_loss(xg, t, mask=t > 0),
+        LF.sigmoid_focal_loss(xg, t, -1.0, 0.0),  # plain BCE-with-logits: torch's native op
+        LF.sigmoid_focal_loss(xg, t.clone().requires_grad_()),
+        LF.sigmoid_focal_loss(xg[:0], t[:0], reduction="mean"),
+        LF.asymmetric_loss(xg, t, weight=torch.rand(6, 5, generator=g)),
+        LF.focal_loss(xg, y, label_smoothing=0.1),
+        LF.focal_loss(xg, torch.softmax(x, 1)),
+        LF.focal_loss(x4.clone().requires_grad_(), y4),
+        LF.focal_loss(xg, y, weight=torch.rand(5, generator=g).requires_grad_()),
+        LF.kd_loss(x4.clone().requires_grad_(), x4.flip(0)),  # classes on dim 1 of a 3-D input
+        LF.kd_loss(xg.t(), x.t().contiguous()),  # non-contiguous student
+        LF.jsd_loss(xg, x.double()),  # mixed dtypes
+    ]
+    for i, loss in enumerate(eager_calls):
+        assert not (kernel_nodes & _graph_names(loss)), i
+        assert torch.isfinite(loss).all()
+
+
+def test_public_fused_path_compiled_kernels(monkeypatch):
+    """Above the size threshold the public loss runs the compiled kernel (cheap aot_eager backend)."""
+    saved = (_compile._ENABLED, _compile._MIN_NUMEL, _compile._BACKEND)
+    _compile.set_compile_kernels(True, min_numel=0, backend="aot_eager")
+    try:
+        x = (torch.randn(10, 7, generator=gen(62)) * 3).requires_grad_()
+        t = (torch.rand(10, 7, generator=gen(63)) > 0.7).float()
+        loss = LF.sigmoid_focal_loss(x, t, 0.25, 2.0, "sum")
+        (gx,) = torch.autograd.grad(loss, x)
+        assert any(k[0] == "sigmoid_focal.fwd" for k in _compile.compiled_keys())
+        assert any(k[0] == "sigmoid_focal.bwd" for k in _compile.compiled_keys())
+    finally:
+        _compile.set_compile_kernels(saved[0], min_numel=saved[1], backend=saved[2])
+    with fused_kernels(False):
+        ref = LF.sigmoid_focal_loss(x, t, 0.25, 2.0, "sum")
+        (gr,) = torch.autograd.grad(ref, x)
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(gx, gr)
+
+
+def test_fused_switch_restores_setting():
+    assert _compile.fused_kernels_enabled()
+    with fused_kernels(False):
+        assert not _compile.fused_kernels_enabled()
+        with fused_kernels(True):
+            assert _compile.fused_kernels_enabled()
+        assert not _compile.fused_kernels_enabled()
+    assert _compile.fused_kernels_enabled()

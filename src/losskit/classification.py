@@ -387,6 +387,36 @@ def _focal_math(
     return loss, mask, w_y
 
 
+def _reduce_focal_rows(
+    rows: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    normalizer: Normalizer,
+) -> torch.Tensor:
+    """:func:`_reduce` for kernel rows that are already 0 on ignored targets and carry ``w_y``.
+
+    Same values as ``_reduce(rows, reduction, mask=valid, denom=w_y)``; the denominator is built
+    without gradient, so autograd keeps no mask and only the scalar denominator.
+    """
+    if reduction == "none":
+        return rows
+    total = rows.sum()
+    if reduction == "sum":
+        return total
+    if normalizer is not None:
+        return total / normalizer
+    valid = target != ignore_index
+    if weight is None:
+        count = valid.sum().to(total.dtype)
+    else:
+        w_y = weight[torch.where(valid, target, target.new_zeros(())).long()]
+        count = torch.where(valid, w_y, w_y.new_zeros(())).sum().to(total.dtype)
+    # nothing counts -> the numerator is exactly 0 and so is the result (graph-connected, no NaN)
+    return total / count.clamp_min(torch.finfo(total.dtype).tiny)
+
+
 def focal_loss(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -460,9 +490,7 @@ def focal_loss(
         tcoef = coef if isinstance(coef, torch.Tensor) else None
         if softmax_focal_supports(input, target, label_smoothing=eps, coef=tcoef):
             rows = softmax_focal_rows(input, target, g, ignore_index, coef)
-            valid = target != ignore_index
-            w_y = None if w is None else w[torch.where(valid, target, target.new_zeros(())).long()]
-            return _reduce(rows, reduction, mask=valid, denom=w_y, normalizer=normalizer)
+            return _reduce_focal_rows(rows, target, reduction, w, ignore_index, normalizer)
     x = upcast(input)
     logp = F.log_softmax(x, dim=1)
     loss, mask, denom = _focal_math(
