@@ -50,6 +50,17 @@ dense targets use plain tensor code.
 given: ``sum(w_c l_nc) / sum(w_c)`` over entries; MONAI multiplies by the weight and divides by
 the entry count instead), ``'sum'`` adds them. ``include_background=False`` drops channel 0 after the
 softmax (and entry 0 of ``weight``).
+
+**DDP** (``gather_distributed=True``, every function and module of the family): with
+``batch_dice=True`` the per-class sums ``TP``, ``FP``, ``FN`` are summed over ranks with the
+differentiable :func:`losskit.distributed.global_sum` before the ratio, so every rank computes the
+Dice of the global batch and, after DDP's gradient averaging, the gradient equals that of one process
+on the concatenated batch (the all-reduce in the backward supplies the factor ``W`` that the
+averaging divides out). With ``batch_dice=False`` and ``reduction='mean'`` the mean over
+(image, class) entries is made global with :func:`losskit.distributed.ddp_normalizer` (local sum
+divided by the global entry count / ``W``). ``'sum'`` and ``'none'`` of per-image losses are left
+local. Every rank must make the call (it runs a collective). Without an initialised process group
+the flag changes nothing.
 """
 
 from __future__ import annotations
@@ -77,6 +88,7 @@ from ._checks import (
 )
 from ._kernels.overlap import class_sums, class_sums_supports
 from ._reduction import reduce_loss, upcast
+from .distributed import ddp_normalizer, global_sum, is_initialized
 from .registry import register
 
 __all__ = [
@@ -168,11 +180,13 @@ def _overlap_stats(
     include_background: bool,
     batch_dice: bool,
     squared: bool = False,
+    gather_distributed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-class soft ``(TP, FP, FN)``, shape ``(N, C)`` (``(C,)`` with ``batch_dice``).
 
     ``C`` excludes channel 0 when ``include_background`` is False. Computed in float32 for half
-    inputs.
+    inputs. With ``batch_dice`` and ``gather_distributed`` (under an initialised process group) the
+    batch sums are summed over ranks by the differentiable :func:`losskit.distributed.global_sum`.
     """
     check_floating("input", input)
     check_tensor("target", target)
@@ -261,6 +275,10 @@ def _overlap_stats(
 
     if batch_dice:
         tp, psum, gsum = tp.sum(0), psum.sum(0), gsum.sum(0)
+        if _gather_active(gather_distributed):
+            # one all-reduce; its backward all-reduces the gradients, so with DDP's 1/W averaging
+            # every rank's logits get exactly the gradient of the global-batch Dice
+            tp, psum, gsum = global_sum(torch.stack((tp, psum, gsum.to(tp.dtype)))).unbind(0)
     if not include_background:
         tp, psum, gsum = tp[..., 1:], psum[..., 1:], gsum[..., 1:]
     return tp, psum - tp, gsum - tp
@@ -299,13 +317,37 @@ def _finish(
     num_classes: int,
     include_background: bool,
     reduction: str,
+    global_mean: bool = False,
 ) -> torch.Tensor:
     if weight is not None and weight.shape[0] != num_classes:
         raise LossValueError(
             f"weight has shape {shape_str(weight.shape)}, expected ({num_classes},): one entry per "
             "input channel"
         )
-    return reduce_loss(loss, reduction, weight=_class_weight(weight, include_background, loss))
+    w = _class_weight(weight, include_background, loss)
+    return reduce_loss(
+        loss, reduction, weight=w, normalizer=_global_mean_normalizer(loss, w, reduction, global_mean)
+    )
+
+
+def _gather_active(gather_distributed: bool) -> bool:
+    return bool(gather_distributed) and is_initialized()
+
+
+def _global_mean_normalizer(
+    loss: torch.Tensor, weight: torch.Tensor | None, reduction: str, global_mean: bool
+) -> torch.Tensor | None:
+    """``normalizer=`` making ``'mean'`` over per-image entries global under DDP (else None).
+
+    The local denominator (entry count, or the sum of the class weights over the entries) is summed
+    over ranks and divided by the world size (:func:`losskit.distributed.ddp_normalizer`): DDP's
+    gradient averaging then gives the gradient of the mean over the global batch.
+    """
+    if reduction != "mean" or not _gather_active(global_mean):
+        return None
+    if weight is None:
+        return ddp_normalizer(loss.numel())
+    return ddp_normalizer(weight.detach().expand_as(loss).sum())
 
 
 def _tversky_family(
@@ -327,6 +369,7 @@ def _tversky_family(
     beta: float,
     squared: bool = False,
     gamma: float | None = None,
+    gather_distributed: bool = False,
 ) -> torch.Tensor:
     """``1 - (k TP + s) / (k TP + alpha FP + beta FN + s)`` (optionally ``** (1 / gamma)``).
 
@@ -344,6 +387,7 @@ def _tversky_family(
         include_background=include_background,
         batch_dice=batch_dice,
         squared=squared,
+        gather_distributed=gather_distributed,
     )
     num = tp_coef * tp
     den = num + alpha * fp + beta * fn
@@ -352,7 +396,8 @@ def _tversky_family(
     if gamma is not None:
         # (1 - TI) ** (1 / gamma) has an infinite slope at TI = 1 when gamma > 1: clamp first
         loss = loss.clamp_min(eps) ** (1.0 / float(gamma))
-    return _finish(loss, weight, input.shape[1], include_background, reduction)
+    global_mean = gather_distributed and not batch_dice
+    return _finish(loss, weight, input.shape[1], include_background, reduction, global_mean)
 
 
 # ----------------------------------------------------------------------------- public functions
@@ -373,6 +418,7 @@ def dice_loss(
     reduction: str = "mean",
     *,
     empty_smooth: float | None = 1.0,
+    gather_distributed: bool = False,
 ) -> torch.Tensor:
     r"""Soft Dice loss (Milletari et al. 2016, V-Net; Sudre et al. 2017).
 
@@ -399,6 +445,8 @@ def dice_loss(
         squared: squared terms in the denominator.
         reduction: ``'none'`` (``(N, C)`` or ``(C,)``), ``'mean'`` or ``'sum'``.
         empty_smooth: smoothing used where the target of a class is empty (``None``: ``smooth``).
+        gather_distributed: under DDP, compute the loss of the global batch (see the module
+            docstring); no effect without an initialised process group.
 
     Example:
         >>> probs = torch.tensor([[[1.0, 0.0, 0.5, 0.5]]])  # (N=1, C=1, 4 pixels)
@@ -422,6 +470,7 @@ def dice_loss(
         weight=weight,
         reduction=reduction,
         empty_smooth=empty_smooth,
+        gather_distributed=gather_distributed,
         tp_coef=2.0,
         alpha=1.0,
         beta=1.0,
@@ -443,6 +492,7 @@ def jaccard_loss(
     reduction: str = "mean",
     *,
     empty_smooth: float | None = 1.0,
+    gather_distributed: bool = False,
 ) -> torch.Tensor:
     r"""Soft Jaccard / IoU loss (Rahman & Wang 2016; Berman et al. 2018 use its Lovász surrogate).
 
@@ -472,6 +522,7 @@ def jaccard_loss(
         weight=weight,
         reduction=reduction,
         empty_smooth=empty_smooth,
+        gather_distributed=gather_distributed,
         tp_coef=1.0,
         alpha=1.0,
         beta=1.0,
@@ -494,6 +545,7 @@ def tversky_loss(
     reduction: str = "mean",
     *,
     empty_smooth: float | None = 1.0,
+    gather_distributed: bool = False,
 ) -> torch.Tensor:
     r"""Tversky loss (Salehi et al. 2017).
 
@@ -526,6 +578,7 @@ def tversky_loss(
         weight=weight,
         reduction=reduction,
         empty_smooth=empty_smooth,
+        gather_distributed=gather_distributed,
         tp_coef=1.0,
         alpha=float(alpha),
         beta=float(beta),
@@ -549,6 +602,7 @@ def focal_tversky_loss(
     reduction: str = "mean",
     *,
     empty_smooth: float | None = 1.0,
+    gather_distributed: bool = False,
 ) -> torch.Tensor:
     r"""Focal Tversky loss (Abraham & Khan 2019).
 
@@ -586,6 +640,7 @@ def focal_tversky_loss(
         weight=weight,
         reduction=reduction,
         empty_smooth=empty_smooth,
+        gather_distributed=gather_distributed,
         tp_coef=1.0,
         alpha=float(alpha),
         beta=float(beta),
@@ -610,6 +665,7 @@ def generalized_dice_loss(
     reduction: str = "mean",
     *,
     empty_smooth: float | None = 1.0,
+    gather_distributed: bool = False,
 ) -> torch.Tensor:
     r"""Generalized Dice loss (Sudre et al. 2017), one value per image (or per batch).
 
@@ -642,6 +698,7 @@ def generalized_dice_loss(
         ignore_index=ignore_index,
         include_background=include_background,
         batch_dice=batch_dice,
+        gather_distributed=gather_distributed,
     )
     gsum = (tp + fn).detach()
     present = gsum > 0
@@ -658,7 +715,10 @@ def generalized_dice_loss(
     num = 2.0 * (w * tp).sum(-1)
     den = (w * (2.0 * tp + fp + fn)).sum(-1)
     loss = 1.0 - _smoothed_index(num, den, none_present.squeeze(-1), smooth, empty_smooth, eps)
-    return reduce_loss(loss, reduction)
+    global_mean = gather_distributed and not batch_dice
+    return reduce_loss(
+        loss, reduction, normalizer=_global_mean_normalizer(loss, None, reduction, global_mean)
+    )
 
 
 # ----------------------------------------------------------------------------- modules
@@ -681,6 +741,7 @@ class _OverlapLoss(nn.Module):
         weight: torch.Tensor | None = None,
         reduction: str = "mean",
         empty_smooth: float | None = 1.0,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         _check_options(mode, smooth, eps, empty_smooth, ignore_index, include_background)
@@ -696,6 +757,7 @@ class _OverlapLoss(nn.Module):
         self.batch_dice = bool(batch_dice)
         self.ignore_index = ignore_index
         self.empty_smooth = None if empty_smooth is None else float(empty_smooth)
+        self.gather_distributed = bool(gather_distributed)
         self.register_buffer("weight", weight)
 
     def _common(self) -> dict:
@@ -710,6 +772,7 @@ class _OverlapLoss(nn.Module):
             "weight": self.weight,
             "reduction": self.reduction,
             "empty_smooth": self.empty_smooth,
+            "gather_distributed": self.gather_distributed,
         }
 
     def extra_repr(self) -> str:
@@ -818,6 +881,7 @@ class GeneralizedDiceLoss(nn.Module):
         weight_type: str = "square",
         reduction: str = "mean",
         empty_smooth: float | None = 1.0,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         _check_options(mode, smooth, eps, empty_smooth, ignore_index, include_background)
@@ -831,6 +895,7 @@ class GeneralizedDiceLoss(nn.Module):
         self.batch_dice = bool(batch_dice)
         self.ignore_index = ignore_index
         self.empty_smooth = None if empty_smooth is None else float(empty_smooth)
+        self.gather_distributed = bool(gather_distributed)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return generalized_dice_loss(
@@ -846,6 +911,7 @@ class GeneralizedDiceLoss(nn.Module):
             weight_type=self.weight_type,
             reduction=self.reduction,
             empty_smooth=self.empty_smooth,
+            gather_distributed=self.gather_distributed,
         )
 
     def extra_repr(self) -> str:
