@@ -31,6 +31,7 @@ from ._checks import (
 )
 from ._reduction import Normalizer, check_normalizer, reduce_loss, upcast
 from .classification import focal_loss, sigmoid_focal_loss
+from .distributed import ddp_normalizer, is_initialized
 from .registry import register
 from .regression import smooth_l1_loss
 
@@ -270,6 +271,7 @@ def _detection_terms(
     box_format: str,
     ignore_index: int,
     normalizer: Normalizer,
+    gather_distributed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     check_floating("cls_logits", cls_logits)
     check_integer("labels", labels)
@@ -305,10 +307,14 @@ def _detection_terms(
             )
     valid = labels != ignore_index
     positive = valid & (labels >= 0) & (labels < c)
-    if normalizer is None:
-        norm: Normalizer = positive.sum().clamp_min(1).to(upcast(cls_logits).dtype)
+    if normalizer is not None:
+        norm: Normalizer = normalizer
+    elif gather_distributed and is_initialized():
+        # max(1, positives summed over ranks) / W: with DDP's gradient averaging, the gradient of the
+        # global-batch loss divided by the global positive count
+        norm = ddp_normalizer(positive).to(device=cls_logits.device, dtype=upcast(cls_logits).dtype)
     else:
-        norm = normalizer
+        norm = positive.sum().clamp_min(1).to(upcast(cls_logits).dtype)
     # background (label C) and ignored anchors -> all-zero one-hot rows
     safe = torch.where(positive, labels, torch.full_like(labels, c)).long()
     onehot = torch.nn.functional.one_hot(safe, c + 1)[..., :c].to(upcast(cls_logits).dtype)
@@ -343,6 +349,7 @@ def detection_loss(
     box_format: str = "xyxy",
     ignore_index: int = -1,
     normalizer: Normalizer = None,
+    gather_distributed: bool = False,
 ) -> torch.Tensor:
     r"""RetinaNet objective (Lin et al. 2017): sigmoid focal loss over all anchors plus a box loss on
     the positive anchors, both divided by the number of positive anchors.
@@ -364,6 +371,11 @@ def detection_loss(
         cls_weight, box_weight: weights of the two terms.
         normalizer: replaces ``max(1, N_pos)``, e.g. the positive count averaged over DDP ranks
             (RetinaNet implementations all-reduce it) or over a gradient-accumulation window.
+        gather_distributed: under DDP, divide by ``max(1, N_pos summed over ranks) / W``
+            (:func:`losskit.distributed.ddp_normalizer`), so that DDP's gradient averaging gives the
+            gradient of the loss of the global batch; a collective, so every rank must call it. An
+            explicit ``normalizer`` takes precedence; without an initialised process group the flag
+            changes nothing.
 
     Example:
         >>> logits = torch.full((1, 3, 2), -20.0)
@@ -391,6 +403,7 @@ def detection_loss(
         box_format=box_format,
         ignore_index=ignore_index,
         normalizer=normalizer,
+        gather_distributed=gather_distributed,
     )
     return float(cls_weight) * cls + float(box_weight) * box
 
@@ -401,7 +414,8 @@ class DetectionLoss(nn.Module):
     as ``{'cls': ..., 'box': ...}``.
 
     ``forward(cls_logits, labels, box_preds, box_targets, normalizer=None)``: pass ``normalizer``
-    to replace the local ``max(1, N_pos)`` (e.g. a DDP-global positive count).
+    to replace the local ``max(1, N_pos)`` (e.g. a DDP-global positive count), or build the module
+    with ``gather_distributed=True`` to reduce the positive count over DDP ranks on every call.
 
     Example:
         >>> loss_fn = DetectionLoss(num_classes=2, box_loss="giou")
@@ -424,6 +438,7 @@ class DetectionLoss(nn.Module):
         box_weight: float = 1.0,
         box_format: str = "xyxy",
         ignore_index: int = -1,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = check_int("num_classes", num_classes, low=1, allow_none=True)
@@ -435,6 +450,7 @@ class DetectionLoss(nn.Module):
         self.box_weight = float(check_number("box_weight", box_weight, low=0.0))
         self.box_format = check_choice("box_format", box_format, BOX_FORMATS)
         self.ignore_index = check_int("ignore_index", ignore_index)
+        self.gather_distributed = bool(gather_distributed)
         self.last_terms: dict[str, torch.Tensor] = {}
 
     def forward(
@@ -458,6 +474,7 @@ class DetectionLoss(nn.Module):
             box_format=self.box_format,
             ignore_index=self.ignore_index,
             normalizer=normalizer,
+            gather_distributed=self.gather_distributed,
         )
         self.last_terms = {"cls": cls.detach(), "box": box.detach()}
         return self.cls_weight * cls + self.box_weight * box
