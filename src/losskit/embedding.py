@@ -520,14 +520,32 @@ def _triplet_hinge(x: torch.Tensor, margin: float, soft_margin: bool) -> torch.T
 
 
 def _batch_hard(
-    dist: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float, soft_margin: bool
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    distance: str,
+    margin: float,
+    soft_margin: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum and count over anchors with a positive and a negative of ``hinge(max d_ap - min d_an)``."""
-    big = torch.finfo(dist.dtype).max
-    hardest_pos = torch.where(pos, dist, dist.new_zeros(())).amax(dim=1)
-    hardest_neg = torch.where(neg, dist, dist.new_full((), big)).amin(dim=1)
-    valid = pos.any(dim=1) & neg.any(dim=1)
-    loss = _triplet_hinge(hardest_pos - hardest_neg, margin, soft_margin)
+    """Sum and count over anchors with a positive and a negative of ``hinge(max d_ap - min d_an)``.
+
+    The hardest positive and negative are *selected* on a distance matrix computed under
+    ``no_grad`` (squared distances for ``euclidean``: same order); the two distances per anchor are
+    then recomputed from the embeddings with gradient. Only ``O(Na D)`` is kept for backward, and
+    the gradient is that of ``max``/``min`` (it flows to the selected pair; on exact ties to one
+    of them instead of being split).
+    """
+    with torch.no_grad():
+        select = "squared_euclidean" if distance == "euclidean" else distance
+        d = _distance_matrix(anchors, candidates, select)
+        big = torch.finfo(d.dtype).max
+        pos_idx = torch.where(pos, d, d.new_full((), -1.0)).argmax(dim=1)
+        neg_idx = torch.where(neg, d, d.new_full((), big)).argmin(dim=1)
+        valid = pos.any(dim=1) & neg.any(dim=1)
+    d_ap = _paired_distance(anchors, candidates[pos_idx], distance)
+    d_an = _paired_distance(anchors, candidates[neg_idx], distance)
+    loss = _triplet_hinge(d_ap - d_an, margin, soft_margin)
     return torch.where(valid, loss, loss.new_zeros(())).sum(), valid.sum()
 
 
@@ -615,10 +633,10 @@ def _triplet_terms(
     chunk_size: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of per-item losses, item count) of local anchors against the candidates."""
-    dist = _distance_matrix(anchors, candidates, distance)
     pos, neg, _ = _pair_masks(anchor_labels, candidate_labels, offset)
     if mining == "batch_hard":
-        return _batch_hard(dist, pos, neg, margin, soft_margin)
+        return _batch_hard(anchors, candidates, pos, neg, distance, margin, soft_margin)
+    dist = _distance_matrix(anchors, candidates, distance)
     if mining == "batch_semi_hard":
         return _batch_semi_hard(dist, pos, neg, margin, soft_margin)
     return _batch_all(dist, pos, neg, margin, soft_margin, chunk_size)
@@ -779,13 +797,13 @@ def _supcon_terms(
     anchor itself is excluded from the softmax denominator with ``finfo.min`` (not ``-inf``) and
     from the positives by a ``where``.
     """
-    logits = (anchors @ candidates.T) / temperature
+    # 1/T folded into the (Na, D) operand; mean_p log_softmax[p] = mean_p logit[p] - logsumexp
+    logits = (anchors * (1.0 / temperature)) @ candidates.T
     pos, neg, self_ = _pair_masks(anchor_labels, candidate_labels, offset)
     logits = torch.where(self_, logits.new_full((), torch.finfo(logits.dtype).min), logits)
-    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     n_pos = pos.sum(dim=1)
-    pos_log_prob = torch.where(pos, log_prob, log_prob.new_zeros(())).sum(dim=1)
-    per_anchor = -pos_log_prob / n_pos.clamp_min(1).to(log_prob.dtype)
+    pos_logits = torch.where(pos, logits, logits.new_zeros(())).sum(dim=1)
+    per_anchor = torch.logsumexp(logits, dim=1) - pos_logits / n_pos.clamp_min(1).to(logits.dtype)
     valid = (n_pos > 0) & neg.any(dim=1)
     return torch.where(valid, per_anchor, per_anchor.new_zeros(())), valid
 
