@@ -345,7 +345,7 @@ def test_gradcheck_contrastive_pairs_nt_xent_supcon():
 batch = st.integers(min_value=2, max_value=9)
 dim = st.integers(min_value=1, max_value=4)
 seeds = st.integers(min_value=0, max_value=10_000)
-PROPS = settings(max_examples=20, deadline=None)
+PROPS = settings(max_examples=20, deadline=None, derandomize=True)
 
 
 @PROPS
@@ -445,7 +445,7 @@ def test_property_triplet_invariances(b, d, seed, k, shift):
 
 
 @PROPS
-@given(b=batch, d=dim, seed=seeds)
+@given(b=batch, d=st.integers(2, 4), seed=seeds)
 def test_property_pair_losses_symmetry_and_scale(b, d, seed):
     x1, x2 = rand(b, d, seed=seed), rand(b, d, seed=seed + 1)
     y = rand_labels(b, 2, seed)
