@@ -81,3 +81,17 @@ def test_peak_growth_in_fresh_process():
     if peak is None:  # no /proc/self/clear_refs (not Linux)
         return
     assert peak >= 2 * 1024 * 1024
+
+
+def test_public_rows_use_the_kernels_and_reference_rows_do_not():
+    report = cli.run(
+        quick=True, only=["sigmoid_focal", "focal", "kd", "dice", "asymmetric"], repeat=1, peak=False
+    )
+    for rec in report["cases"]:
+        rows = {r["variant"]: r for r in rec["rows"]}
+        public = next(r for r in rec["rows"] if r["role"] == "losskit" and "reference" not in r["variant"])
+        reference = rows[public["variant"] + " (reference path)"]
+        kernel = next(r for r in rec["rows"] if r["role"] == "kernel")
+        # the public call keeps what the kernel keeps (at most a scalar denominator), the eager code more
+        assert public["held_bytes"] <= kernel["held_bytes"] + 8, rec["case"]
+        assert reference["held_bytes"] > public["held_bytes"], rec["case"]

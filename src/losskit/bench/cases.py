@@ -3,8 +3,9 @@
 A :class:`Case` makes its inputs for a shape and lists :class:`Variant` s, each with a role:
 
 * ``losskit``: the public function (``losskit.functional.*``), which uses the fused kernels where
-  they apply;
-* ``kernel``: the fused kernel called directly (what the public function does once wired);
+  they apply; the row marked "reference path" is the same call with
+  :func:`losskit._kernels.fused_kernels(False) <losskit._kernels._compile.fused_kernels>` (its eager code);
+* ``kernel``: the fused kernel called directly (what the public function runs for this call);
 * ``eager``: the eager composition a user would write (the ratio baseline);
 * ``native``: the nearest native torch loss on the same tensors (the practical floor);
 * ``peer``: another library's implementation (kornia, MONAI, torchvision), when importable.
@@ -129,6 +130,17 @@ def _lf() -> Any:
     return LF
 
 
+def _reference(name: str, fn: Callable[..., torch.Tensor]) -> Variant:
+    """The public call on its eager reference path (fused kernels switched off)."""
+    from losskit._kernels import fused_kernels
+
+    def run(*args: Any) -> torch.Tensor:
+        with fused_kernels(False):
+            return fn(*args)
+
+    return Variant(f"{name} (reference path)", "losskit", run, note="fused kernels off")
+
+
 def _sigmoid_focal_variants() -> list[Variant]:
     from losskit._kernels.sigmoid_focal import sigmoid_focal
 
@@ -142,12 +154,10 @@ def _sigmoid_focal_variants() -> list[Variant]:
         alpha_t = 0.25 * t + 0.75 * (1 - t)
         return (alpha_t * loss).mean()
 
+    public = lambda x, t: LF.sigmoid_focal_loss(x, t, reduction="mean")  # noqa: E731
     out = [
-        Variant(
-            "losskit.sigmoid_focal_loss",
-            "losskit",
-            lambda x, t: LF.sigmoid_focal_loss(x, t, reduction="mean"),
-        ),
+        Variant("losskit.sigmoid_focal_loss", "losskit", public),
+        _reference("losskit.sigmoid_focal_loss", public),
         Variant("kernel sigmoid_focal", "kernel", lambda x, t: sigmoid_focal(x, t, 0.25, 2.0, None, "mean")),
         Variant("eager (torchvision formula)", "eager", eager),
         Variant("F.binary_cross_entropy_with_logits", "native", F.binary_cross_entropy_with_logits),
@@ -186,6 +196,7 @@ def _focal_variants() -> list[Variant]:
 
     out = [
         Variant("losskit.focal_loss", "losskit", lambda x, y: LF.focal_loss(x, y, gamma=2.0)),
+        _reference("losskit.focal_loss", lambda x, y: LF.focal_loss(x, y, gamma=2.0)),
         Variant("kernel softmax_focal_rows", "kernel", lambda x, y: softmax_focal_rows(x, y, 2.0).mean()),
         Variant("eager (log_softmax, gather)", "eager", eager),
         Variant("F.cross_entropy", "native", F.cross_entropy),
@@ -214,6 +225,7 @@ def _kd_variants() -> list[Variant]:
 
     return [
         Variant("losskit.kd_loss", "losskit", lambda s, t, y: LF.kd_loss(s, t, temp)),
+        _reference("losskit.kd_loss", lambda s, t, y: LF.kd_loss(s, t, temp)),
         Variant("kernel kd_rows", "kernel", lambda s, t, y: kd_rows(s, t, temp).sum() / s.shape[0]),
         Variant("eager (kl_div of log_softmax)", "eager", eager),
         Variant("F.cross_entropy (hard labels)", "native", lambda s, t, y: F.cross_entropy(s, y)),
@@ -236,6 +248,7 @@ def _jsd_variants() -> list[Variant]:
 
     return [
         Variant("losskit.jsd_loss", "losskit", lambda s, t, y: LF.jsd_loss(s, t, 0.5)),
+        _reference("losskit.jsd_loss", lambda s, t, y: LF.jsd_loss(s, t, 0.5)),
         Variant("kernel jsd_rows", "kernel", lambda s, t, y: jsd_rows(s, t, 0.5).mean()),
         Variant("eager (softmax mixture, kl_div)", "eager", eager),
         Variant("F.cross_entropy (hard labels)", "native", lambda s, t, y: F.cross_entropy(s, y)),
@@ -271,6 +284,7 @@ def _overlap_variants(which: str) -> list[Variant]:
         public = lambda x, y: LF.tversky_loss(x, y, alpha=a, beta=b)  # noqa: E731
     out = [
         Variant(f"losskit.{which}_loss", "losskit", public),
+        _reference(f"losskit.{which}_loss", public),
         Variant("kernel class_sums + index", "kernel", lambda x, y: _index_loss(*class_sums(x, y), k, a, b)),
         Variant("eager (softmax, one_hot, permute, sums)", "eager", eager),
         Variant("F.cross_entropy", "native", F.cross_entropy),
@@ -305,6 +319,7 @@ def _asymmetric_variants() -> list[Variant]:
 
     return [
         Variant("losskit.asymmetric_loss", "losskit", lambda x, t: LF.asymmetric_loss(x, t)),
+        _reference("losskit.asymmetric_loss", lambda x, t: LF.asymmetric_loss(x, t)),
         Variant("kernel asymmetric", "kernel", lambda x, t: asymmetric(x, t, reduction="mean")),
         Variant("eager (ASL reference formula)", "eager", eager),
         Variant("F.binary_cross_entropy_with_logits", "native", F.binary_cross_entropy_with_logits),
