@@ -12,6 +12,19 @@ bool ``mask``; their ``'mean'`` is ``sum(w l) / sum(w)`` over unmasked elements.
 all-ignored batch gives a zero that is still connected to the graph (torch gives NaN), and
 ``normalizer=`` replaces the denominator (see :mod:`losskit._reduction`). Half-precision logits are
 computed in float32 (``log_softmax`` / log-sigmoid forms) and the loss is returned in float32.
+
+**Speed and memory**: :func:`sigmoid_focal_loss`, :func:`focal_loss` and :func:`asymmetric_loss` run
+fused autograd kernels (:mod:`losskit._kernels`) when the call allows it: autograd then keeps only
+the inputs (no ``(N, C)`` temporaries) and backward recomputes what it needs; large inputs
+(>= 262144 elements) run a ``torch.compile``-d version, compiled on first use. Covered: sigmoid
+focal and asymmetric without ``weight`` / ``mask`` (``normalizer`` and ``pos_weight`` are fine; sigmoid
+focal with ``gamma=0`` and no ``alpha`` is torch's own BCE-with-logits); softmax focal on ``(N, C)``
+logits with class-index targets, any ``alpha`` / ``weight`` / ``ignore_index`` / ``normalizer``, no label
+smoothing. Everything else -- and targets or weights that require grad, calls inside an outer
+``torch.compile``, empty inputs -- runs the plain tensor code, which is also the reference the
+kernels are tested against. ``losskit._kernels.fused_kernels(False)`` (or
+``LOSSKIT_FUSED_KERNELS=0``) forces that code, e.g. for double backward, which the kernels do not
+support.
 """
 
 from __future__ import annotations

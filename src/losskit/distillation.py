@@ -12,6 +12,12 @@ Conventions shared by the logit losses:
   **last**, like LM logits.
 * The teacher is whatever tensor you pass: these functions do not detach it. :class:`Distiller` runs the
   teacher frozen, in eval mode and under ``torch.no_grad``.
+* Speed and memory: :func:`kd_loss` (class axis last: ``(N, C)`` with ``dim=1`` or ``(..., V)`` with
+  ``dim=-1``) and :func:`jsd_loss` run fused row kernels (:mod:`losskit._kernels.distill`) on
+  contiguous logits of one dtype: autograd keeps only the two logit tensors and backward recomputes
+  the softmaxes (large inputs run a ``torch.compile``-d version, compiled on first use). Other
+  layouts, mixed dtypes and calls inside an outer ``torch.compile`` use the plain tensor code;
+  ``losskit._kernels.fused_kernels(False)`` forces it (e.g. for double backward).
 """
 
 from __future__ import annotations
