@@ -581,18 +581,37 @@ def _batch_all(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum over active triplets ``(a, p, n)`` of ``hinge(d_ap - d_an)`` and their count.
 
-    The ``(chunk, Nc, Nc)`` triplet tensors exist only inside ``no_grad``, one anchor chunk at a time;
-    what is kept for backward is O(Na Nc). The hinge is piecewise linear, so the sum over active
-    triplets equals ``sum_ij C_ij d_ij + margin * count`` with ``C_ij`` = (number of active triplets
-    using ``(i, j)`` as anchor-positive) - (number using it as anchor-negative): exact value and
-    gradient. With ``soft_margin`` every valid triplet counts and ``C_ij`` holds the summed
-    ``sigmoid`` slopes; the value is then attached to the graph with the first-order gradient only
-    (no double backward).
+    The hinge is piecewise linear, so the sum over active triplets equals
+    ``sum_ij C_ij d_ij + margin * count`` with ``C_ij`` = (number of active triplets using ``(i, j)``
+    as anchor-positive) - (number using it as anchor-negative): exact value and gradient, and only
+    the ``(Na, Nc)`` distances and coefficients are kept for backward.
+
+    Hard margin: ``(a, p, n)`` is active when ``d_an < d_ap + margin``. The counts come from each
+    anchor's sorted negative (and positive) distances and a ``searchsorted``: O(Na Nc log Nc) time,
+    no triplet tensor at all. ``soft_margin``: every valid triplet counts with slope
+    ``sigmoid(d_ap - d_an)``, which needs every triplet; those are formed under ``no_grad`` one chunk
+    of anchors at a time (``(chunk, Nc, Nc)``), and the value is attached to the graph with the
+    first-order gradient only (no double backward).
     """
     na, nc = dist.shape
+    d = dist.detach()
+    if not soft_margin:
+        with torch.no_grad():
+            big = torch.finfo(d.dtype).max
+            neg_sorted = torch.where(neg, d, d.new_full((), big)).sort(dim=1).values
+            pos_sorted = torch.where(pos, d, d.new_full((), -big)).sort(dim=1).values
+            # per (anchor, positive): negatives with d_an < d_ap + margin
+            as_pos = torch.searchsorted(neg_sorted, (d + margin).contiguous(), right=False)
+            # per (anchor, negative): positives with d_ap > d_an - margin
+            as_neg = nc - torch.searchsorted(pos_sorted, (d - margin).contiguous(), right=True)
+            zero = as_pos.new_zeros(())
+            as_pos = torch.where(pos, as_pos, zero)
+            as_neg = torch.where(neg, as_neg, zero)
+            count = as_pos.sum()
+            coef = (as_pos - as_neg).to(d.dtype)
+        return (dist * coef).sum() + margin * count.to(dist.dtype), count
     if chunk_size is None:
         chunk_size = max(1, _BATCH_ALL_BUDGET // max(nc * nc, 1))
-    d = dist.detach()
     coef = torch.zeros_like(d)
     count = d.new_zeros((), dtype=torch.long)
     value = d.new_zeros(())
@@ -602,21 +621,12 @@ def _batch_all(
             dc = d[start:stop]
             valid = pos[start:stop, :, None] & neg[start:stop, None, :]
             t = dc[:, :, None] - dc[:, None, :]
-            if soft_margin:
-                slope = torch.where(valid, torch.sigmoid(t), t.new_zeros(()))
-                value = value + torch.where(valid, F.softplus(t), t.new_zeros(())).sum()
-                count = count + valid.sum()
-            else:
-                active = valid & (t + margin > 0)
-                slope = active.to(d.dtype)
-                count = count + active.sum()
+            slope = torch.where(valid, torch.sigmoid(t), t.new_zeros(()))
+            value = value + torch.where(valid, F.softplus(t), t.new_zeros(())).sum()
+            count = count + valid.sum()
             coef[start:stop] = slope.sum(dim=2) - slope.sum(dim=1)
     linear = (dist * coef).sum()
-    if soft_margin:
-        total = linear + (value - linear).detach()
-    else:
-        total = linear + margin * count.to(dist.dtype)
-    return total, count
+    return linear + (value - linear).detach(), count
 
 
 def _triplet_terms(
@@ -673,9 +683,11 @@ def triplet_loss(
       gives a smaller loss. Mean over (anchor, positive) pairs whose anchor has a negative.
     * ``'batch_all'``: every valid triplet; mean over the **active** triplets (loss > 0), as
       pytorch-metric-learning's ``AvgNonZeroReducer`` (with ``soft_margin`` every valid triplet is
-      active). Memory is O(B^2): anchors are processed in chunks of ``chunk_size`` (default: about
-      4M triplet entries per chunk) under ``no_grad`` and only a ``(B, B)`` matrix of per-pair
-      gradient coefficients is kept; no ``(B, B, B)`` tensor is ever built for the whole batch.
+      active). Memory is O(B^2): only a ``(B, B)`` matrix of per-pair gradient coefficients is kept
+      for backward. With the hard margin the active triplets are counted from sorted distances
+      (O(B^2 log B) time, no triplet tensor); with ``soft_margin`` every triplet's slope is needed,
+      so anchors are processed in chunks of ``chunk_size`` (default: about 4M triplet entries per
+      chunk) under ``no_grad``. No ``(B, B, B)`` tensor is ever built for the whole batch.
 
     ``reduction='sum'`` returns the sum over the same items. Distances: ``'euclidean'`` (finite
     gradient at ``d = 0``), ``'squared_euclidean'``, ``'cosine'`` (``1 - cos``, in ``[0, 2]``).
@@ -686,7 +698,7 @@ def triplet_loss(
         embeddings: ``(B, D)``.
         labels: ``(B,)`` integer class labels.
         margin: ``>= 0`` (unused with ``soft_margin``).
-        chunk_size: anchors per chunk for ``'batch_all'`` (``None``: automatic).
+        chunk_size: anchors per chunk for ``'batch_all'`` with ``soft_margin`` (``None``: automatic).
         gather_distributed: under an initialised :mod:`torch.distributed` group, mine positives
             and negatives for this rank's anchors among the samples of every rank (gathered with
             gradient); ``mean`` divides by the global item count over the world size and ``sum``
