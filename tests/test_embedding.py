@@ -104,7 +104,10 @@ def ref_contrastive_pairs(emb, labels, pos_margin, neg_margin, distance, average
 
 
 def ref_hinge(x, margin, soft):
-    return torch.log1p(torch.exp(x)) if soft else torch.clamp(x + margin, min=0.0)
+    if soft:
+        return torch.log1p(torch.exp(x))
+    # a triplet on the kink (x + margin == 0) is inactive: zero value and zero gradient
+    return x + margin if float(x.detach()) + margin > 0 else 0.0 * x
 
 
 def ref_triplet(emb, labels, margin, mining, distance, soft, reduction, normalize=False):
@@ -261,9 +264,30 @@ def test_triplet_matches_loop_reference(mining, distance, soft):
 def test_triplet_normalized_and_chunked_match_loop_reference():
     e, lab = rand(11, 4, seed=10), rand_labels(11, 4, seed=5)
     for mining in MININGS:
+        for soft in (False, True):
+            assert_matches_reference(
+                lambda x, m=mining, s=soft: LF.triplet_loss(
+                    x, lab, 0.3, m, soft_margin=s, normalize_embeddings=True, chunk_size=2
+                ),
+                lambda x, m=mining, s=soft: ref_triplet(
+                    x, lab, 0.3, m, "euclidean", s, "mean", normalize=True
+                ),
+                [e],
+            )
+
+
+@pytest.mark.parametrize("margin", [0.0, 1.0, 2.0])
+def test_triplet_batch_all_with_exact_ties_matches_loop_reference(margin):
+    # integer points: squared distances are integers, so d_ap - d_an + margin hits 0 exactly
+    g = torch.Generator().manual_seed(6)
+    e = torch.randint(0, 3, (12, 2), generator=g).to(DT)
+    lab = torch.randint(0, 3, (12,), generator=g)
+    for reduction in ("mean", "sum"):
         assert_matches_reference(
-            lambda x, m=mining: LF.triplet_loss(x, lab, 0.3, m, normalize_embeddings=True, chunk_size=2),
-            lambda x, m=mining: ref_triplet(x, lab, 0.3, m, "euclidean", False, "mean", normalize=True),
+            lambda x, r=reduction: LF.triplet_loss(
+                x, lab, margin, "batch_all", "squared_euclidean", reduction=r
+            ),
+            lambda x, r=reduction: ref_triplet(x, lab, margin, "batch_all", "squared_euclidean", False, r),
             [e],
         )
 
