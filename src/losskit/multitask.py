@@ -26,7 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import LossTypeError, LossValueError, check_choice, check_int, check_number, shape_str
+from ._checks import (
+    LossTypeError,
+    LossValueError,
+    check_choice,
+    check_class_target,
+    check_floating,
+    check_int,
+    check_number,
+    check_same_shape,
+    shape_str,
+)
 from ._reduction import upcast
 from .distributed import global_sum
 from .registry import build, register
@@ -422,6 +432,24 @@ def _make_weighting(
 _SEED_TASKS = ("cls", "reg", "aux")
 
 
+def _check_seed_inputs(preds: Mapping[str, Any], targets: Mapping[str, Any]) -> None:
+    """Seed-form inputs, named as in ``forward(cls_preds, cls_targets, reg_preds, ...)``.
+
+    torch's ``mse_loss`` only warns when prediction and target shapes differ and then broadcasts
+    (``(N, 1)`` against ``(N,)`` gives an ``(N, N)`` difference), so the shapes are checked here.
+    """
+    cls_preds = check_floating("cls_preds", preds["cls"])
+    cls_targets = targets["cls"]
+    if isinstance(cls_targets, torch.Tensor) and cls_targets.is_floating_point():
+        check_same_shape("cls_targets", cls_targets, "cls_preds", cls_preds)  # class probabilities
+    elif cls_preds.dim() >= 2:
+        check_class_target(cls_preds, cls_targets, input_name="cls_preds", target_name="cls_targets")
+    for task in ("reg", "aux"):
+        p = check_floating(f"{task}_preds", preds[task])
+        t = check_floating(f"{task}_targets", targets[task])
+        check_same_shape(f"{task}_targets", t, f"{task}_preds", p)
+
+
 class MultiTaskLoss(nn.Module):
     r"""Weighted combination of per-task losses.
 
@@ -433,6 +461,9 @@ class MultiTaskLoss(nn.Module):
              + w_\text{aux}\, \mathrm{MSE}(\text{aux})
 
     (torch's ``cross_entropy`` / ``mse_loss`` with ``'mean'``; the tasks are named ``'cls', 'reg', 'aux'``).
+    The inputs are checked and errors name them: ``reg_targets`` must have the shape of ``reg_preds``
+    (torch's ``mse_loss`` would broadcast ``(N, 1)`` against ``(N,)`` with only a warning), likewise
+    ``aux``; ``cls_targets`` holds class indices in ``[0, C)`` (or ``-100``) or class probabilities.
 
     **General form**: ``MultiTaskLoss(tasks={name: loss}, weighting='fixed', weights=None,
     weighting_options=None)`` and ``forward(preds: Mapping, targets: Mapping)``; each task's loss is
@@ -566,6 +597,8 @@ class MultiTaskLoss(nn.Module):
         preds, targets = self._as_mappings(args)
         self._check_keys("preds", preds)
         self._check_keys("targets", targets)
+        if self.seed_form:
+            _check_seed_inputs(preds, targets)
         values = []
         for name in self.task_names:
             value = self.tasks[name](preds[name], targets[name])
