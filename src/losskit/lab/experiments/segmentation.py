@@ -67,11 +67,12 @@ def _make_data(seed: int, n_train: int, stream: str = "data") -> dict[str, torch
 
 def _train(d: dict[str, torch.Tensor], method: str, loss: LossFn, seed: int, steps: int) -> nn.Module:
     gen = seed_torch(NAME, seed)  # same initial weights and batch order for every method of a seed
-    net = make_net()
+    net = make_net().to(memory_format=torch.channels_last)  # about 2x faster convolutions on CPU
     opt = torch.optim.Adam(net.parameters(), lr=LR[method])
     sched = cosine_lr(opt, steps)
     for idx in batches(len(d["xtr"]), BATCH, steps, gen):
-        total = loss(net(d["xtr"][idx]), d["mtr"][idx])
+        x = d["xtr"][idx].contiguous(memory_format=torch.channels_last)
+        total = loss(net(x), d["mtr"][idx])
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
@@ -132,7 +133,7 @@ def run(ctx: LabContext) -> ExperimentResult:
         d = d0 if seed == seeds[0] else _make_data(seed, n_train)
         net = _train(d, m, losses[m], seed, steps)
         with torch.no_grad():
-            logits = net(d["xte"])
+            logits = net(d["xte"].contiguous(memory_format=torch.channels_last)).contiguous()
         dice, prec, rec = hard_scores(logits, d["mte"])
         res.methods[m].append(dice)
         precision[m].append(prec)
