@@ -820,6 +820,24 @@ def _supcon_terms(
     return torch.where(valid, per_anchor, per_anchor.new_zeros(())), valid
 
 
+def _nt_xent_terms(
+    z: torch.Tensor, candidates: torch.Tensor, offset: int, temperature: float
+) -> torch.Tensor:
+    """Per-anchor NT-Xent of the ``2b`` rows ``z = [z1; z2]`` (normalised) against the candidates.
+
+    Row ``i`` is candidate ``offset + i``; its positive is candidate ``offset + (i + b) mod 2b``.
+    Positions are known, so no label masks are built: the anchor's own logit is replaced (scatter,
+    ``finfo.min``, not ``-inf``) and the positive's logit is gathered, ``O(Na)`` extra work.
+    """
+    n = z.shape[0]
+    rows = torch.arange(n, device=z.device)
+    self_col = (rows + offset)[:, None]
+    pos_col = ((rows + n // 2) % max(n, 1) + offset)[:, None]
+    logits = (z * (1.0 / temperature)) @ candidates.T
+    logits = logits.scatter(1, self_col, torch.finfo(logits.dtype).min)
+    return torch.logsumexp(logits, dim=1) - logits.gather(1, pos_col).squeeze(1)
+
+
 def nt_xent_loss(
     z1: torch.Tensor,
     z2: torch.Tensor,
@@ -863,13 +881,11 @@ def nt_xent_loss(
     check_same_shape("z2", z2, "z1", z1)
     check_same_device(("z1", z1), ("z2", z2))
     z = F.normalize(upcast(torch.cat([z1, z2], dim=0)), dim=-1)
-    b = z1.shape[0]
-    ids = torch.arange(b, device=z.device).repeat(2)
     gathered = _gathering(gather_distributed)
+    cand, offset = z, 0
     if gathered:
-        ids = ids + _dist.rank() * _RANK_ID_STRIDE
-    cand, cand_ids, offset = _candidates(z, ids, gathered)
-    per_anchor, _ = _supcon_terms(z, ids, cand, cand_ids, offset, tau)
+        cand, _, offset = _dist.gather_candidates(z)
+    per_anchor = _nt_xent_terms(z, cand, offset, tau)
     if reduction == "none" or not gathered:
         return reduce_loss(per_anchor, reduction)
     return _mean_or_sum(per_anchor.sum(), per_anchor.numel(), reduction, gathered)
