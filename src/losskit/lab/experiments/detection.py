@@ -15,9 +15,11 @@ BATCH = 32
 NUM_CLASSES = len(data.SHAPES)
 SMOOTH_L1_BETA = 1.0  # in pixels (boxes are in pixel units for every loss)
 BOX_LOSSES = ("smooth_l1", "giou", "diou")
-# (Adam learning rate, box_weight) per method: the best of {1e-3, 3e-3} x {0.2, 1, 5} by mean test IoU on a
-# separately generated validation set, seeds 100-102; the same search for every method.
-CONFIG = {"smooth_l1": (3e-3, 1.0), "giou": (3e-3, 1.0), "diou": (3e-3, 1.0)}
+# (Adam learning rate, box_weight) per method: the best of {1e-3, 3e-3, 1e-2, 3e-2} x {0.2, 1, 5} by mean IoU on a
+# separately generated validation set, seeds 100-102, 250 steps; the same search for every method. Best
+# validation IoU %: smooth_l1 84.55 (1e-2, 1), giou 83.97 (1e-2, 5), diou 83.67 (1e-2, 5); 3e-2 was unstable
+# for all three.
+CONFIG = {"smooth_l1": (1e-2, 1.0), "giou": (1e-2, 5.0), "diou": (1e-2, 5.0)}
 
 
 class BoxNet(nn.Module):
@@ -131,7 +133,7 @@ def run(ctx: LabContext) -> ExperimentResult:
             "order for every method of a seed. Every method uses `detection_loss` with one anchor per image "
             "(sigmoid focal classification, alpha 0.25, gamma 2) and differs only in `box_loss`: `smooth_l1` "
             f"(beta = {SMOOTH_L1_BETA:g} px, summed over the 4 coordinates), `giou`, `diou`. Learning rate and "
-            "box_weight chosen per method from {1e-3, 3e-3} x {0.2, 1, 5} on a separate validation set and "
+            "box_weight chosen per method from {1e-3, 3e-3, 1e-2, 3e-2} x {0.2, 1, 5} on a separate validation set and "
             "seeds (the same search for each). Metrics: IoU of the predicted and true box, mean over test "
             "images; share of boxes with IoU >= 0.75; class accuracy."
         ),
@@ -152,6 +154,13 @@ def run(ctx: LabContext) -> ExperimentResult:
     res.secondary["IoU >= 0.75 %"] = (True, iou75)
     res.secondary["class accuracy %"] = (True, acc)
     res.extra["lr_and_box_weight"] = {m: list(v) for m, v in CONFIG.items()}
+    acc_means = [sum(v) / len(v) for v in acc.values()]
+    res.notes.append(
+        f"Class accuracy is {min(acc_means):.0f}-{max(acc_means):.0f}% for every method (chance 33%): the "
+        "classification term (sigmoid focal, RetinaNet defaults) is the same for all of them, and this small net, "
+        "sharing its features with the box head, separates small squares, disks and crosses poorly within the "
+        "budget. The box losses are what this experiment compares."
+    )
 
     fig, axes = plt.subplots(1, 6, figsize=(12, 2.6))
     colors = {"smooth_l1": "C3", "giou": "C0", "diou": "C1"}
