@@ -37,7 +37,8 @@ from ._checks import (
     check_same_shape,
     shape_str,
 )
-from ._reduction import upcast
+from ._reduction import reduce_loss, upcast
+from .classification import CrossEntropyLoss
 from .distributed import global_sum
 from .registry import build, register
 
@@ -432,6 +433,14 @@ def _make_weighting(
 _SEED_TASKS = ("cls", "reg", "aux")
 
 
+class _MeanSquaredError(nn.Module):
+    """``F.mse_loss(input, target)`` (mean), computed in float32 for half inputs; an empty input gives a
+    graph-connected zero instead of torch's NaN."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return reduce_loss((upcast(input) - upcast(target)) ** 2, "mean")
+
+
 def _check_seed_inputs(preds: Mapping[str, Any], targets: Mapping[str, Any]) -> None:
     """Seed-form inputs, named as in ``forward(cls_preds, cls_targets, reg_preds, ...)``.
 
@@ -460,7 +469,9 @@ class MultiTaskLoss(nn.Module):
         \ell = w_\text{cls}\, \mathrm{CE}(\text{cls}) + w_\text{reg}\, \mathrm{MSE}(\text{reg})
              + w_\text{aux}\, \mathrm{MSE}(\text{aux})
 
-    (torch's ``cross_entropy`` / ``mse_loss`` with ``'mean'``; the tasks are named ``'cls', 'reg', 'aux'``).
+    (the values of torch's ``cross_entropy`` / ``mse_loss`` with ``'mean'``, computed in float32 for half
+    inputs; an empty batch gives a graph-connected zero, not torch's NaN; the tasks are named
+    ``'cls', 'reg', 'aux'``).
     The inputs are checked and errors name them: ``reg_targets`` must have the shape of ``reg_preds``
     (torch's ``mse_loss`` would broadcast ``(N, 1)`` against ``(N,)`` with only a warning), likewise
     ``aux``; ``cls_targets`` holds class indices in ``[0, C)`` (or ``-100``) or class probabilities.
@@ -509,9 +520,9 @@ class MultiTaskLoss(nn.Module):
         self.seed_form = tasks is None
         if tasks is None:
             modules: dict[str, nn.Module] = {
-                "cls": nn.CrossEntropyLoss(),
-                "reg": nn.MSELoss(),
-                "aux": nn.MSELoss(),
+                "cls": CrossEntropyLoss(),
+                "reg": _MeanSquaredError(),
+                "aux": _MeanSquaredError(),
             }
             seed_weights = [
                 float(check_number(n, v, low=0.0))
