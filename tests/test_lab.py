@@ -335,14 +335,15 @@ def _numbers(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_same_seeds_give_identical_results(tmp_path: Path) -> None:
-    args = ["robust_regression", "multitask", "--tiny", "--seeds", "2", "--threads", "1", "--no-progress"]
-    assert main([*args, "--out", str(tmp_path / "a")]) == 0
-    assert main([*args, "--out", str(tmp_path / "b")]) == 0
-    a = json.loads((tmp_path / "a" / "results.json").read_text())
-    b = json.loads((tmp_path / "b" / "results.json").read_text())
+    """Two serial runs, and a run in spawned worker processes (``--threads 2``), give the same numbers."""
+    args = ["robust_regression", "multitask", "--tiny", "--seeds", "2", "--no-progress"]
+    for out, threads in (("a", "1"), ("b", "1"), ("pool", "2")):
+        assert main([*args, "--threads", threads, "--out", str(tmp_path / out)]) == 0
+    a, b, pool = (json.loads((tmp_path / out / "results.json").read_text()) for out in ("a", "b", "pool"))
     check_results_schema(a)
     assert a["config"]["seeds"] == [0, 1]
-    assert _numbers(a) == _numbers(b)
+    assert pool["config"]["worker_processes"] == 2
+    assert _numbers(a) == _numbers(b) == _numbers(pool)
     # two seeds: the paired statistics are there and consistent with the per-seed values
     mt = a["experiments"]["multitask"]
     for m, pd in mt["paired_differences"].items():
