@@ -86,7 +86,9 @@ class Case:
     (default: the number of elements of the ``'none'`` output). ``ref``: the value the module must
     equal (default: the registered functional on the same arguments and keywords). ``mismatch``: the
     argument whose leading dimension is cut by one in the bad-shape check. ``arg_names``: names errors
-    may use (default: the parameters of the functional and of the module's ``forward``).
+    may use (default: the parameters of the functional and of the module's ``forward``). ``shared``:
+    arguments without a batch dimension (weight matrices). ``per_sample``: ``'sum'`` is a sum over
+    samples (false for losses that compare the samples of a batch with each other).
     """
 
     make: Callable[[torch.dtype], tuple[Any, ...]]
@@ -99,6 +101,8 @@ class Case:
     ref: Callable[..., torch.Tensor] | None = None
     mismatch: int = 1
     arg_names: tuple[str, ...] = ()
+    shared: tuple[int, ...] = ()
+    per_sample: bool = True
 
 
 def _pair(dtype, shape=(5, 3)):
@@ -228,12 +232,13 @@ CASES: dict[str, Case] = {
         lambda d: (_randn(8, 3, seed=29, dtype=d), _balanced_labels(8, 3)),
         reductions=("mean", "sum"),
         count=lambda args: args[0].shape[0],
+        per_sample=False,
     ),
-    "nt_xent": Case(lambda d: _pair(d, (5, 3)), wrt=(0, 1)),
-    "supcon": Case(lambda d: (_randn(8, 3, seed=30, dtype=d), _balanced_labels(8, 3))),
+    "nt_xent": Case(lambda d: _pair(d, (5, 3)), wrt=(0, 1), per_sample=False),
+    "supcon": Case(lambda d: (_randn(8, 3, seed=30, dtype=d), _balanced_labels(8, 3)), per_sample=False),
     # language
-    "linear_cross_entropy": Case(_linear, wrt=(0, 1), mismatch=2),
-    "linear_kd": Case(_linear_kd, wrt=(0, 1), mismatch=2),
+    "linear_cross_entropy": Case(_linear, wrt=(0, 1), mismatch=2, shared=(1,)),
+    "linear_kd": Case(_linear_kd, wrt=(0, 1), mismatch=2, shared=(1, 3)),
     # multitask
     "multitask": Case(
         _multitask,
@@ -786,13 +791,18 @@ def test_multitask_seed_form_gradcheck_and_weights():
 # ---------------------------------------------------------------- 4. empty batch on every loss
 
 
+def _batch_index(name: str, args: tuple[Any, ...], index: Any) -> tuple[Any, ...]:
+    """``args`` with ``index`` applied to the batch dimension (shared weight matrices unchanged)."""
+    shared = _case(name).shared
+    return tuple(
+        a[index] if isinstance(a, torch.Tensor) and a.dim() and i not in shared else a
+        for i, a in enumerate(args)
+    )
+
+
 def _empty(name: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The same call with a batch of zero samples (shared weight matrices keep their shape)."""
-    if name == "linear_cross_entropy":
-        return (args[0][:0], args[1], args[2][:0])
-    if name == "linear_kd":
-        return (args[0][:0], args[1], args[2][:0], args[3], args[4][:0])
-    return tuple(a[:0] if isinstance(a, torch.Tensor) and a.dim() else a for a in args)
+    """The same call with a batch of zero samples."""
+    return _batch_index(name, args, slice(0, 0))
 
 
 @pytest.mark.parametrize("name", LOSSKIT_NAMES)
@@ -814,3 +824,32 @@ def test_empty_batch_none_reduction_keeps_its_shape(name):
         f"shape {tuple(empty.shape)} for an empty batch, {tuple(full.shape)} otherwise"
     )
     assert empty.numel() == 0 and empty.shape[1:] == full.shape[1:]
+
+
+# ---------------------------------------------------------------- 3. batch order and splitting
+
+
+@pytest.mark.parametrize("name", LOSSKIT_NAMES)
+def test_batch_order_does_not_matter(name):
+    case = _case(name)
+    args = case.make(torch.float64)
+    perm = torch.randperm(args[0].shape[0], generator=_g(50))
+    for reduction in [r for r in case.reductions if r != "none"] or [None]:
+        kw = {} if reduction is None else {"reduction": reduction}
+        torch.testing.assert_close(
+            _module(name, **kw)(*_batch_index(name, args, perm)),
+            _module(name, **kw)(*args),
+            rtol=1e-10,
+            atol=1e-12,
+        )
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in LOSSKIT_NAMES if "sum" in _case(n).reductions and _case(n).per_sample]
+)
+def test_sum_adds_up_over_batch_splits(name):
+    args = _case(name).make(torch.float64)
+    h = args[0].shape[0] // 2
+    m = _module(name, reduction="sum")
+    parts = m(*_batch_index(name, args, slice(0, h))) + m(*_batch_index(name, args, slice(h, None)))
+    torch.testing.assert_close(parts, m(*args), rtol=1e-10, atol=1e-12)
