@@ -930,3 +930,162 @@ def test_gather_distributed_flag_is_a_no_op_without_process_group():
         module = cls(gather_distributed=True)
         assert module.gather_distributed
         torch.testing.assert_close(module(*args), cls()(*args))
+
+
+def test_supcon_empty_batch_none_reduction_keeps_its_shape():
+    e = torch.randn(0, 2, 3, requires_grad=True)
+    out = LF.supcon_loss(e, torch.zeros(0, dtype=torch.long), reduction="none")
+    assert out.shape == (0,)
+    assert_connected_zero(LF.supcon_loss(e, torch.zeros(0, dtype=torch.long)), e)
+
+
+# ============================================================================ angular margin (ArcFace / CosFace)
+
+
+def ref_angular(emb, weight, labels, scale, margin, kind, reduction="mean"):
+    out = []
+    for i in range(emb.shape[0]):
+        x = emb[i] / emb[i].norm()
+        cos = [(x * (w / w.norm())).sum() for w in weight]
+        y = int(labels[i])
+        if kind == "cosface":
+            target = cos[y] - margin
+        else:
+            theta = torch.acos(cos[y])
+            if float(theta.detach()) + margin <= math.pi:
+                target = torch.cos(theta + margin)
+            else:
+                target = cos[y] - margin * math.sin(margin)
+        logits = [scale * (target if j == y else c) for j, c in enumerate(cos)]
+        out.append(-(logits[y] - torch.log(sum(torch.exp(v) for v in logits))))
+    return ref_reduce(out, reduction)
+
+
+@pytest.mark.parametrize("kind", ["arcface", "cosface"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_angular_margin_matches_loop_reference(kind, reduction):
+    emb, w, lab = rand(9, 4, seed=40), rand(5, 4, seed=41), rand_labels(9, 5, 7)
+    for scale, margin in ((8.0, 0.5), (30.0, 0.2), (4.0, 1.4)):
+        if kind == "cosface" and margin > 1:
+            continue
+        assert_matches_reference(
+            lambda x, c, s=scale, m=margin: LF.angular_margin_loss(
+                x, c, lab, s, m, kind, reduction=reduction
+            ),
+            lambda x, c, s=scale, m=margin: ref_angular(x, c, lab, s, m, kind, reduction),
+            [emb, w],
+            wrt=(0, 1),
+        )
+
+
+def test_angular_margin_arcface_fallback_beyond_pi_minus_m():
+    # target centre opposite to the embedding: theta = pi, theta + m > pi -> cos(theta) - m sin(m)
+    emb, w = torch.tensor([[1.0, 0.0]], dtype=DT), torch.tensor([[-1.0, 0.0], [0.0, 1.0]], dtype=DT)
+    got = LF.angular_margin_loss(emb, w, torch.tensor([0]), 1.0, 0.5, reduction="none")
+    target = -1.0 - 0.5 * math.sin(0.5)
+    want = -(target - math.log(math.exp(target) + math.exp(0.0)))
+    assert math.isclose(float(got), want, rel_tol=1e-12)
+
+
+def test_angular_margin_properties_and_gradcheck():
+    emb, w, lab = rand(6, 3, seed=42), rand(4, 3, seed=43), rand_labels(6, 4, 8)
+    # margin 0: both kinds are the normalised-softmax cross-entropy
+    plain = F.cross_entropy(8.0 * F.normalize(emb) @ F.normalize(w).T, lab)
+    for kind in ("arcface", "cosface"):
+        torch.testing.assert_close(LF.angular_margin_loss(emb, w, lab, 8.0, 0.0, kind), plain)
+        # a larger margin makes the target harder: the loss grows
+        losses = [float(LF.angular_margin_loss(emb, w, lab, 8.0, m, kind)) for m in (0.0, 0.2, 0.4)]
+        assert losses[0] < losses[1] < losses[2]
+        # invariant to the scale of embeddings and centres
+        torch.testing.assert_close(
+            LF.angular_margin_loss(3 * emb, 0.5 * w, lab, 8.0, 0.3, kind),
+            LF.angular_margin_loss(emb, w, lab, 8.0, 0.3, kind),
+        )
+        assert_gradcheck(
+            lambda x, c, k=kind: LF.angular_margin_loss(x, c, lab, 4.0, 0.3, k), [emb, w], wrt=(0, 1)
+        )
+
+
+def test_angular_margin_edge_cases():
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # embedding exactly on its centre (cos = 1, sin = 0): finite gradients
+    e = torch.tensor([[2.0, 0.0]], requires_grad=True)
+    assert_finite_with_grads(LF.angular_margin_loss(e, w, torch.tensor([0])), e)
+    e0 = torch.randn(0, 2, requires_grad=True)
+    assert_connected_zero(LF.angular_margin_loss(e0, w, torch.zeros(0, dtype=torch.long)), e0)
+    for dtype in (torch.float16, torch.bfloat16):
+        x = extreme_logits((6, 2), dtype).requires_grad_(True)
+        value = LF.angular_margin_loss(x, w, torch.tensor([0, 1] * 3))
+        assert value.dtype == torch.float32
+        assert_finite_with_grads(value, x)
+
+
+def test_angular_margin_modules():
+    torch.manual_seed(0)
+    emb, lab = rand(6, 8, seed=44, dtype=torch.float32), rand_labels(6, 4, 9)
+    for cls, kind, margin in ((losskit.ArcFaceLoss, "arcface", 0.5), (losskit.CosFaceLoss, "cosface", 0.35)):
+        module = cls(embedding_dim=8, num_classes=4)
+        assert module.kind == kind and module.margin == margin and module.scale == 64.0
+        assert module.weight.shape == (4, 8) and module.weight.requires_grad
+        want = LF.angular_margin_loss(emb, module.weight, lab, 64.0, margin, kind)
+        assert_module_matches(module, want, emb, lab)
+        assert "weight" in module.state_dict()
+        module(emb, lab).backward()
+        assert module.weight.grad is not None and torch.isfinite(module.weight.grad).all()
+        assert_compiles(lambda x, y, m=module: m(x, y), emb, lab)
+    generic = losskit.AngularMarginLoss(8, 4, scale=10.0, margin=0.2, kind="cosface", reduction="sum")
+    want = LF.angular_margin_loss(emb, generic.weight, lab, 10.0, 0.2, "cosface", reduction="sum")
+    assert_module_matches(generic, want, emb, lab)
+
+
+def test_angular_margin_bad_inputs():
+    e, w, lab = torch.randn(4, 3), torch.randn(5, 3), torch.tensor([0, 1, 2, 3])
+    cases = [
+        (
+            lambda: LF.angular_margin_loss(e, w, torch.tensor([0, 1, 2, 5])),
+            LossValueError,
+            r"labels contains class index 5, expected values in \[0, 5\)",
+        ),
+        (
+            lambda: LF.angular_margin_loss(e, w, torch.tensor([0, -1, 2, 3])),
+            LossValueError,
+            "labels contains class index -1",
+        ),
+        (
+            lambda: LF.angular_margin_loss(e, w[:, :2], lab),
+            LossValueError,
+            r"weight has shape \(5, 2\), expected \(C, 3\)",
+        ),
+        (
+            lambda: LF.angular_margin_loss(e, w, lab[:3]),
+            LossValueError,
+            r"labels has shape \(3,\), expected \(4,\)",
+        ),
+        (
+            lambda: LF.angular_margin_loss(e, w, lab.float()),
+            LossTypeError,
+            "labels must be an integer tensor",
+        ),
+        (lambda: LF.angular_margin_loss(e, w, lab, scale=0.0), LossValueError, "scale must be > 0.0"),
+        (lambda: LF.angular_margin_loss(e, w, lab, margin=2.0), LossValueError, "margin must be <= 1.57"),
+        (
+            lambda: LF.angular_margin_loss(e, w, lab, margin=-0.1, kind="cosface"),
+            LossValueError,
+            "margin must be >= 0.0",
+        ),
+        (
+            lambda: LF.angular_margin_loss(e, w, lab, kind="sphereface"),
+            LossValueError,
+            "kind must be one of 'arcface', 'cosface', got 'sphereface'",
+        ),
+        (
+            lambda: LF.angular_margin_loss(e, w, lab, reduction="avg"),
+            LossValueError,
+            "reduction must be one of",
+        ),
+        (lambda: losskit.ArcFaceLoss(0, 4), LossValueError, "embedding_dim must be >= 1, got 0"),
+        (lambda: losskit.CosFaceLoss(8, 4, scale=-1.0), LossValueError, "scale must be > 0.0"),
+    ]
+    for call, err, msg in cases:
+        with pytest.raises(err, match=msg):
+            call()
