@@ -314,13 +314,16 @@ def test_every_registered_name_has_an_input_factory():
 @pytest.mark.parametrize("name", NAMES)
 def test_build_by_name_and_by_config(name):
     spec = get_spec(name)
-    by_name = losskit.build(name)
-    by_config = losskit.build({"name": name})
+    kw = CASES[name].module_kw if name in CASES else {}  # required constructor arguments, if any
+    by_name = losskit.build(name, **kw)
+    by_config = losskit.build({"name": name, **kw})
     assert isinstance(by_name, torch.nn.Module)
     assert type(by_name) is type(by_config)
-    assert isinstance(by_name, spec.module) if isinstance(spec.module, type) else True
+    if isinstance(spec.module, type):
+        assert isinstance(by_name, spec.module)
+    assert repr(by_name) == repr(by_config)
     for alias in spec.aliases:
-        assert type(losskit.build(alias)) is type(by_name)
+        assert type(losskit.build(alias, **kw)) is type(by_name)
         assert get_spec(alias) is spec
 
 
