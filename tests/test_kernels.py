@@ -22,7 +22,7 @@ from losskit._kernels.asymmetric import asymmetric, asymmetric_supports
 from losskit._kernels.distill import distill_supports, jsd_rows, kd_rows
 from losskit._kernels.overlap import class_sums, class_sums_supports
 from losskit._kernels.sigmoid_focal import sigmoid_focal, sigmoid_focal_supports
-from losskit._kernels.softmax_focal import softmax_focal_rows, softmax_focal_supports
+from losskit._kernels.softmax_focal import softmax_focal_mean, softmax_focal_rows, softmax_focal_supports
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -250,6 +250,31 @@ def test_softmax_focal_matches_public(reduction, with_weights):
         return LF.focal_loss(x, y, a, 2.0, reduction, weight=w, ignore_index=ii)
 
     assert_matches_reference(fn, eager_path(public), [x])
+
+
+@pytest.mark.parametrize("with_weights", [False, True])
+def test_softmax_focal_mean_matches_reference(with_weights):
+    n, c = 13, 6
+    x = torch.randn(n, c, generator=gen(70)) * 3
+    y = torch.randint(0, c, (n,), generator=gen(71))
+    y[[1, 4]] = -100
+    coef = torch.rand(c, generator=gen(72)) + 0.3 if with_weights else None
+    w = torch.rand(c, generator=gen(73)) + 0.3 if with_weights else None
+
+    def ref(x):
+        rows = ref_softmax_focal_rows(x, y, 2.0, -100, None if coef is None else coef.double())
+        valid = y != -100
+        den = valid.sum() if w is None else w.double()[y.clamp_min(0)][valid].sum()
+        return rows.sum() / den
+
+    assert_matches_reference(lambda x: softmax_focal_mean(x, y, 2.0, -100, coef, w), ref, [x])
+    c64 = None if coef is None else coef.double()
+    w64 = None if w is None else w.double()
+    assert_gradcheck(lambda x: softmax_focal_mean(x, y, 2.0, -100, c64, w64), [x])
+    xg = x.clone().requires_grad_()
+    zero = softmax_focal_mean(xg, torch.full((n,), -100), 2.0, -100, coef, w)  # all ignored: 0, no NaN
+    (g,) = torch.autograd.grad(zero, xg)
+    assert float(zero.detach()) == 0.0 and float(g.abs().sum()) == 0.0
 
 
 def test_softmax_focal_gamma_zero_is_cross_entropy_and_all_ignored_is_zero():
@@ -662,7 +687,7 @@ def _public_cases():
         (
             "focal",
             lambda x, y: LF.focal_loss(x, y, 1.0, 2.0),
-            "_SoftmaxFocalRowsBackward",
+            "_SoftmaxFocalMeanBackward",
             lambda x, y: ref_softmax_focal_rows(x, y, 2.0, -100, None).sum() / (y != -100).sum(),
             [x, y],
             (0,),
@@ -670,7 +695,7 @@ def _public_cases():
         (
             "focal_alpha_weight",
             lambda x, y: LF.focal_loss(x, y, alpha, 2.0, weight=w),
-            "_SoftmaxFocalRowsBackward",
+            "_SoftmaxFocalMeanBackward",
             ref_focal,
             [x, y],
             (0,),
@@ -729,6 +754,8 @@ def test_public_loss_takes_fused_path_and_saves_only_inputs(case):
     # alpha * weight, a token mask) or a scalar denominator
     extra = [a for a in seen if a.untyped_storage().data_ptr() not in inputs]
     assert all(a.numel() <= 48 for a in extra), (name, [tuple(a.shape) for a in extra])
+    if name in ("sigmoid_focal", "focal", "kd", "kd_tokens_dim_last", "asymmetric"):
+        assert not extra, (name, [tuple(a.shape) for a in extra])  # the default calls: inputs only
     with fused_kernels(False):
         eager = fn(*leaves)
     assert node not in _graph_names(eager), name

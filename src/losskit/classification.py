@@ -59,7 +59,7 @@ from ._kernels.asymmetric import asymmetric as _fused_asymmetric
 from ._kernels.asymmetric import asymmetric_supports
 from ._kernels.sigmoid_focal import sigmoid_focal as _fused_sigmoid_focal
 from ._kernels.sigmoid_focal import sigmoid_focal_supports
-from ._kernels.softmax_focal import softmax_focal_rows, softmax_focal_supports
+from ._kernels.softmax_focal import softmax_focal_mean, softmax_focal_rows, softmax_focal_supports
 from ._reduction import Normalizer, check_normalizer, compute_dtype, reduce_loss, upcast
 from .registry import register
 
@@ -400,36 +400,6 @@ def _focal_math(
     return loss, mask, w_y
 
 
-def _reduce_focal_rows(
-    rows: torch.Tensor,
-    target: torch.Tensor,
-    reduction: str,
-    weight: torch.Tensor | None,
-    ignore_index: int,
-    normalizer: Normalizer,
-) -> torch.Tensor:
-    """:func:`_reduce` for kernel rows that are already 0 on ignored targets and carry ``w_y``.
-
-    Same values as ``_reduce(rows, reduction, mask=valid, denom=w_y)``; the denominator is built
-    without gradient, so autograd keeps no mask and only the scalar denominator.
-    """
-    if reduction == "none":
-        return rows
-    total = rows.sum()
-    if reduction == "sum":
-        return total
-    if normalizer is not None:
-        return total / normalizer
-    valid = target != ignore_index
-    if weight is None:
-        count = valid.sum().to(total.dtype)
-    else:
-        w_y = weight[torch.where(valid, target, target.new_zeros(())).long()]
-        count = torch.where(valid, w_y, w_y.new_zeros(())).sum().to(total.dtype)
-    # nothing counts -> the numerator is exactly 0 and so is the result (graph-connected, no NaN)
-    return total / count.clamp_min(torch.finfo(total.dtype).tiny)
-
-
 def focal_loss(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -501,9 +471,13 @@ def focal_loss(
     if not prob and input.dim() == 2 and input.numel() > 0 and fused_kernels_enabled():
         coef: torch.Tensor | float = a if w is None else a * w
         tcoef = coef if isinstance(coef, torch.Tensor) else None
-        if softmax_focal_supports(input, target, label_smoothing=eps, coef=tcoef):
+        if softmax_focal_supports(input, target, label_smoothing=eps, coef=tcoef, weight=w):
+            if reduction == "mean" and normalizer is None:
+                return softmax_focal_mean(input, target, g, ignore_index, coef, w)
             rows = softmax_focal_rows(input, target, g, ignore_index, coef)
-            return _reduce_focal_rows(rows, target, reduction, w, ignore_index, normalizer)
+            if reduction == "none":
+                return rows  # already 0 on ignored rows
+            return rows.sum() if normalizer is None else rows.sum() / normalizer
     x = upcast(input)
     logp = F.log_softmax(x, dim=1)
     loss, mask, denom = _focal_math(

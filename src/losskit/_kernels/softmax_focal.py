@@ -25,7 +25,7 @@ from torch.autograd.function import once_differentiable
 from ._common import dpow, float_dtype, ipow
 from ._compile import run_kernel
 
-__all__ = ["softmax_focal_rows", "softmax_focal_supports"]
+__all__ = ["softmax_focal_mean", "softmax_focal_rows", "softmax_focal_supports"]
 
 
 def _row_terms(x: torch.Tensor, y: torch.Tensor, coef: torch.Tensor | None, ignore_index: int):
@@ -87,18 +87,59 @@ class _SoftmaxFocalRows(torch.autograd.Function):
         return gx, None, None, None, None, None
 
 
+def _mean_denominator(y: torch.Tensor, weight: torch.Tensor | None, ignore_index: int, dtype: torch.dtype):
+    """``sum_i w_{y_i}`` over non-ignored rows (their count without ``weight``), at least ``tiny``."""
+    valid = y != ignore_index
+    if weight is None:
+        den = valid.sum().to(dtype)
+    else:
+        w_y = weight.to(dtype)[torch.where(valid, y, torch.zeros_like(y)).long()]
+        den = torch.where(valid, w_y, torch.zeros_like(w_y)).sum()
+    # nothing counts -> every row is 0 and so is the mean (no NaN)
+    return den.clamp_min(torch.finfo(dtype).tiny)
+
+
+class _SoftmaxFocalMean(torch.autograd.Function):
+    """Rows reduced to ``sum_i l_i / sum_i w_{y_i}`` inside the Function: the denominator is
+    recomputed from the targets in backward, so autograd keeps nothing but the inputs."""
+
+    @staticmethod
+    def forward(ctx, x, y, coef, weight, scalar, gamma, ignore_index):  # type: ignore[override]
+        ctx.save_for_backward(x, y, coef, weight)
+        ctx.conf = (scalar, gamma, ignore_index)
+        key = ("softmax_focal.fwd", gamma, ignore_index, scalar, coef is not None)
+        args = (x, y) if coef is None else (x, y, coef)
+        rows = run_kernel(key, lambda: _build_forward(gamma, ignore_index, scalar), x.numel(), *args)
+        return rows.sum() / _mean_denominator(y, weight, ignore_index, rows.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        x, y, coef, weight = ctx.saved_tensors
+        scalar, gamma, ignore_index = ctx.conf
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None, None
+        g = (grad / _mean_denominator(y, weight, ignore_index, grad.dtype)).expand(y.shape[0]).contiguous()
+        key = ("softmax_focal.bwd", gamma, ignore_index, scalar, coef is not None)
+        args = (x, y, g) if coef is None else (x, y, g, coef)
+        gx = run_kernel(key, lambda: _build_backward(gamma, ignore_index, scalar), x.numel(), *args)
+        return gx, None, None, None, None, None, None
+
+
 def softmax_focal_supports(
     input: torch.Tensor,
     target: torch.Tensor,
     *,
     label_smoothing: float = 0.0,
     coef: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
 ) -> bool:
-    """Whether :func:`softmax_focal_rows` covers this call.
+    """Whether :func:`softmax_focal_rows` / :func:`softmax_focal_mean` cover this call.
 
     Covered: 2-D ``(N, C)`` fp32/fp64/fp16/bf16 logits, 1-D integer class-index targets ``(N,)`` on
     the same device, ``label_smoothing == 0`` (smoothing and probability targets use the eager code),
-    ``coef`` (if any) a ``(C,)`` tensor not requiring grad, not inside an outer ``torch.compile``.
+    ``coef`` and ``weight`` (if any) ``(C,)`` tensors on that device not requiring grad, not inside
+    an outer ``torch.compile``.
     """
     if label_smoothing != 0.0 or torch.compiler.is_compiling():
         return False
@@ -110,9 +151,10 @@ def softmax_focal_supports(
         return False
     if target.device != input.device:
         return False
-    if coef is not None:
-        if coef.shape != input.shape[1:] or coef.requires_grad or coef.device != input.device:
-            return False
+    for vec in (coef, weight):
+        if vec is not None:
+            if vec.shape != input.shape[1:] or vec.requires_grad or vec.device != input.device:
+                return False
     return True
 
 
@@ -142,3 +184,35 @@ def softmax_focal_rows(
     elif coef is not None:
         scalar = float(coef)
     return _SoftmaxFocalRows.apply(input, target, tensor_coef, scalar, float(gamma), int(ignore_index))
+
+
+def softmax_focal_mean(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    gamma: float = 2.0,
+    ignore_index: int = -100,
+    coef: torch.Tensor | float | None = None,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""``sum_i l_i / sum_i w_{y_i}`` over the non-ignored rows of :func:`softmax_focal_rows`.
+
+    ``weight`` (``(C,)`` or ``None`` = 1) forms torch's weighted-mean denominator; the numerator's
+    per-class factor is ``coef`` as in :func:`softmax_focal_rows` (the public loss passes
+    ``alpha * weight``). All rows ignored gives 0. The denominator is recomputed from the targets
+    in backward, so autograd keeps only the inputs. Call only when :func:`softmax_focal_supports`
+    is true.
+
+    Example:
+        >>> x = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+        >>> softmax_focal_mean(x, torch.tensor([0, -100]), gamma=0.0)
+        tensor(0.1698)
+    """
+    scalar = 1.0
+    tensor_coef = None
+    if isinstance(coef, torch.Tensor) and coef.dim() > 0:
+        tensor_coef = coef
+    elif coef is not None:
+        scalar = float(coef)
+    return _SoftmaxFocalMean.apply(
+        input, target, tensor_coef, weight, scalar, float(gamma), int(ignore_index)
+    )
