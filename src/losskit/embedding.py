@@ -25,7 +25,9 @@ Common rules:
 * Euclidean distances use a safe square root: the gradient is finite (zero) at ``d = 0``, e.g. for
   duplicate embeddings.
 * A batch with nothing to compare (``B = 0``, ``B = 1``, a single class, no positive pair) gives a zero
-  that is still connected to the graph, never NaN.
+  that is still connected to the graph, never NaN. :func:`contrastive_pairs_loss` is a sum of two
+  independent terms: the one without pairs is 0, the other one still counts (negatives are pushed
+  apart in a batch without positive pairs).
 """
 
 from __future__ import annotations
