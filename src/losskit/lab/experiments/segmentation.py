@@ -16,11 +16,13 @@ CHANNELS = 8
 BATCH = 32
 N_TEST = 256
 TVERSKY = (0.3, 0.7)  # alpha (false positives), beta (false negatives)
-# Adam learning rate per method: the best of {3e-3, 1e-2, 3e-2, 1e-1, 3e-1} by thresholded Dice on a separately
-# generated validation set, seeds 100-102, 200 steps; the same search for every method. Validation Dice %:
-#   bce       0 / 0 / 30.0 / 85.9 / 56.6      dice      83.5 / 86.5 / 89.6 / 90.6 / 0
-#   tversky   82.8 / 85.5 / 89.3 / 90.5 / 0   bce+dice  50.8 / 87.0 / 91.1 / 91.0 / 90.4
-LR = {"bce": 1e-1, "dice": 1e-1, "tversky": 1e-1, "bce+dice": 3e-2}
+# Adam learning rate per method, the same search for every method on separately generated validation data
+# (200 steps): {3e-3, 1e-2, 3e-2, 0.1, 0.3} on seeds 100-102, then the two best, {3e-2, 0.1}, on seeds 100-107;
+# the higher mean validation Dice wins. Validation Dice % at 3e-2 / 0.1 (8 seeds):
+#   bce 22.4 / 85.8 (at 3e-2 most runs never cross the 0.5 threshold)   dice 89.9 / 80.0 (one empty-mask run)
+#   tversky 89.2 / 90.7                                                 bce+dice 91.0 / 91.2
+LR = {"bce": 1e-1, "dice": 3e-2, "tversky": 1e-1, "bce+dice": 1e-1}
+COLLAPSED = 10.0  # test Dice % below which a run counts as stuck at an (almost) empty mask
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -116,9 +118,10 @@ def run(ctx: LabContext) -> ExperimentResult:
             f"= {fg:.1f}% of the pixels. {n_train} training and {N_TEST} test images per seed. Conv net "
             f"1-{CHANNELS}-{CHANNELS}-{CHANNELS}-1 (3x3 convs, the middle one dilated, receptive field 9 px), "
             f"Adam (cosine), {steps} steps of batch {BATCH}, same initial weights and batch order for every "
-            "method of a seed; learning rates chosen per method from {3e-3, 1e-2, 3e-2, 0.1, 0.3} on a separate "
-            "validation set and seeds (the same search for each; BCE reaches a usable mask at the 0.5 threshold "
-            "within this budget only at 0.1). `bce` = `build('bce_with_logits')`; `dice` = "
+            "method of a seed; learning rates chosen per method from {3e-3, 1e-2, 3e-2, 0.1, 0.3} on separate "
+            "validation data and seeds, the same search for each (learning rates: "
+            + ", ".join(f"{m} {lr:g}" for m, lr in LR.items())
+            + "; BCE crosses the 0.5 threshold within this budget only at 0.1). `bce` = `build('bce_with_logits')`; `dice` = "
             f"`dice_loss(mode='binary')` (per-image soft Dice); `tversky` = `tversky_loss` (alpha = {a:g} on false "
             f"positives, beta = {b:g} on false negatives); `bce+dice` = `build([bce_with_logits, dice])`, weights "
             "1 + 1. Metric: per-image Dice of the hard mask logit > 0 (probability 0.5), mean over test images; "
@@ -140,6 +143,14 @@ def run(ctx: LabContext) -> ExperimentResult:
         recall[m].append(rec)
         if seed == seeds[0]:
             shown[m] = logits[:4]
+    for m, vals in res.methods.items():
+        stuck = sum(v < COLLAPSED for v in vals)
+        if stuck:
+            res.notes.append(
+                f"{m}: {stuck}/{len(vals)} runs ended with an empty or almost empty test mask (Dice < "
+                f"{COLLAPSED:g}%), included in the mean: the net ended up predicting background (logit < 0) almost "
+                "everywhere."
+            )
     res.secondary["pixel precision %"] = (True, precision)
     res.secondary["pixel recall %"] = (True, recall)
 
