@@ -143,14 +143,24 @@ def run(ctx: LabContext) -> ExperimentResult:
         recall[m].append(rec)
         if seed == seeds[0]:
             shown[m] = logits[:4]
-    for m, vals in res.methods.items():
-        stuck = sum(v < COLLAPSED for v in vals)
-        if stuck:
+    stuck = {m: sum(v < COLLAPSED for v in vals) for m, vals in res.methods.items()}
+    for m, k in stuck.items():
+        if k:
             res.notes.append(
-                f"{m}: {stuck}/{len(vals)} runs ended with an empty or almost empty test mask (Dice < "
+                f"{m}: {k}/{len(seeds)} runs ended with an empty or almost empty test mask (Dice < "
                 f"{COLLAPSED:g}%), included in the mean: the net ended up predicting background (logit < 0) almost "
                 "everywhere."
             )
+    if any(stuck.values()) and len(seeds) > 1:
+        from ..report import conclude
+
+        res.seeds = list(seeds)
+        res.conclusion = (
+            conclude(res).rstrip(".")
+            + "; runs stuck at an empty mask: "
+            + ", ".join(f"{m} {k}/{len(seeds)}" for m, k in stuck.items() if k)
+            + "."
+        )
     res.secondary["pixel precision %"] = (True, precision)
     res.secondary["pixel recall %"] = (True, recall)
 
