@@ -1089,3 +1089,47 @@ def test_angular_margin_bad_inputs():
     for call, err, msg in cases:
         with pytest.raises(err, match=msg):
             call()
+
+
+# ============================================================================ gather_distributed with an empty rank
+
+DDP_LABELS = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+
+
+def _ddp_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    return rand(8, 4, seed=50), rand(8, 4, seed=51)
+
+
+DDP_LOSSES = {
+    "triplet_batch_hard": lambda e, y, z, **k: LF.triplet_loss(e, y, 0.2, "batch_hard", **k),
+    "triplet_batch_all": lambda e, y, z, **k: LF.triplet_loss(e, y, 0.2, "batch_all", **k),
+    "triplet_batch_semi_hard": lambda e, y, z, **k: LF.triplet_loss(e, y, 0.2, "batch_semi_hard", **k),
+    "supcon": lambda e, y, z, **k: LF.supcon_loss(torch.stack([e, z], 1), y, 0.3, **k),
+    "nt_xent": lambda e, y, z, **k: LF.nt_xent_loss(e, z, 0.3, **k),
+    "contrastive_pairs": lambda e, y, z, **k: LF.contrastive_pairs_loss(e, y, **k),
+}
+
+
+def _ddp_empty_rank_worker(rank: int, world: int) -> dict[str, torch.Tensor]:
+    emb, z2 = _ddp_inputs()
+    rows = slice(0, 8) if rank == 0 else slice(0, 0)  # rank 1 holds no sample
+    grads = {}
+    for name, fn in DDP_LOSSES.items():
+        e = emb[rows].clone().requires_grad_(True)
+        fn(e, DDP_LABELS[rows], z2[rows], gather_distributed=True).backward()
+        grads[name] = e.grad
+    return grads
+
+
+def test_gather_distributed_with_an_empty_rank_matches_one_process():
+    # every rank must take part in the gathers (forward and backward) even without samples
+    from ddp_utils import run_distributed
+
+    results = run_distributed(_ddp_empty_rank_worker)
+    emb, z2 = _ddp_inputs()
+    for name, fn in DDP_LOSSES.items():
+        x = emb.clone().requires_grad_(True)
+        fn(x, DDP_LABELS, z2).backward()
+        assert results[1][name].shape == (0, 4)
+        # DDP averages over the 2 ranks: rank 0's gradient / 2 is the one-process gradient
+        torch.testing.assert_close(results[0][name] / 2, x.grad)
