@@ -142,8 +142,10 @@ def run(ctx: LabContext) -> ExperimentResult:
     acc: dict[str, list[float]] = {m: [] for m in BOX_LOSSES}
     res.methods = {m: [] for m in BOX_LOSSES}
     shown: dict[str, torch.Tensor] = {}
+    d, data_seed = d0, seeds[0]
     for m, seed in ctx.runs(NAME, list(BOX_LOSSES)):
-        d = d0 if seed == seeds[0] else _make_data(seed, n_train)
+        if seed != data_seed:  # ctx.runs goes seed by seed: build each seed's data once
+            d, data_seed = _make_data(seed, n_train), seed
         net = _train(d, m, seed, steps)
         _, box, s = scores(net, d)
         res.methods[m].append(s["iou"])

@@ -180,8 +180,10 @@ def run(ctx: LabContext) -> ExperimentResult:
     held_out: dict[str, list[float]] = {m: [] for m in (*losses, *REFERENCES)}
     res.methods = {m: [] for m in (*losses, *REFERENCES)}
     shown: dict[str, torch.Tensor] = {}
+    d, data_seed = d0, seeds[0]
     for m, seed in ctx.runs(NAME, list(losses)):
-        d = d0 if seed == seeds[0] else _make_data(seed)
+        if seed != data_seed:  # ctx.runs goes seed by seed: build each seed's data once
+            d, data_seed = _make_data(seed), seed
         trunk = _train(d, m, losses[m], seed, steps)
         with torch.no_grad():
             emb = trunk(d["xte"])

@@ -132,8 +132,10 @@ def run(ctx: LabContext) -> ExperimentResult:
     recall: dict[str, list[float]] = {m: [] for m in losses}
     res.methods = {m: [] for m in losses}
     shown: dict[str, torch.Tensor] = {}
+    d, data_seed = d0, seeds[0]
     for m, seed in ctx.runs(NAME, list(losses)):
-        d = d0 if seed == seeds[0] else _make_data(seed, n_train)
+        if seed != data_seed:  # ctx.runs goes seed by seed: build each seed's data once
+            d, data_seed = _make_data(seed, n_train), seed
         net = _train(d, m, losses[m], seed, steps)
         with torch.no_grad():
             logits = net(d["xte"].contiguous(memory_format=torch.channels_last)).contiguous()
