@@ -457,13 +457,6 @@ def test_compile_fullgraph_equals_eager(name):
 
 # ---------------------------------------------------------------- 6. bad input: typed errors naming the argument
 
-COMPOSITE_NAMES_INNER_ARGS = pytest.mark.xfail(
-    strict=True,
-    reason="CompositeLoss.forward passes its tensors to focal_loss / smooth_l1_loss unchanged, so errors "
-    "name their 'input' / 'target' (e.g. a wrong bbox_targets shape reads 'target has shape (5, 4), "
-    "expected (6, 4) to match input'), not cls_preds / cls_targets / bbox_preds / bbox_targets",
-)
-
 
 def _error_names(name: str) -> set[str]:
     case = _case(name)
@@ -482,11 +475,7 @@ def _named_param(name: str, message: str) -> str:
     return first
 
 
-def _bad_input_params(names):
-    return [pytest.param(n, marks=COMPOSITE_NAMES_INNER_ARGS) if n == "composite" else n for n in names]
-
-
-@pytest.mark.parametrize("name", _bad_input_params(LOSSKIT_NAMES))
+@pytest.mark.parametrize("name", LOSSKIT_NAMES)
 def test_integer_input_raises_type_error_naming_it(name):
     args = list(_case(name).make(torch.float32))
     args[0] = (args[0] * 4).long()
@@ -495,7 +484,7 @@ def test_integer_input_raises_type_error_naming_it(name):
     _named_param(name, str(e.value))
 
 
-@pytest.mark.parametrize("name", _bad_input_params(LOSSKIT_NAMES))
+@pytest.mark.parametrize("name", LOSSKIT_NAMES)
 def test_batch_mismatch_raises_value_error_naming_the_shapes(name):
     case = _case(name)
     args = list(case.make(torch.float32))

@@ -535,3 +535,20 @@ def test_dwa_under_ddp_equals_one_process_over_all_steps():
                 local[r](torch.tensor(step))
             local[r].epoch_end(sync=False)
     assert not torch.allclose(local[0].current_weights(), local[1].current_weights())
+
+
+def test_last_weights_is_a_snapshot_not_the_live_parameter():
+    torch.manual_seed(0)
+    trunk, head_a, head_b = nn.Linear(4, 8), nn.Linear(8, 1), nn.Linear(8, 1)
+    mtl = MultiTaskLoss(tasks={"a": nn.MSELoss(), "b": nn.MSELoss()}, weighting="gradnorm")
+    opt = torch.optim.SGD([*mtl.parameters()], lr=10.0)
+    x = torch.randn(16, 4)
+    h = trunk(x)
+    loss = mtl({"a": head_a(h), "b": head_b(h)}, {"a": torch.randn(16, 1), "b": 50 * torch.randn(16, 1)})
+    seen = {k: v.clone() for k, v in mtl.last_weights.items()}
+    mtl.backward(loss, shared_parameters=list(trunk.parameters()))
+    before = [p.detach().clone() for p in mtl.parameters()]
+    opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, mtl.parameters()))  # the weights did move
+    for k, v in mtl.last_weights.items():
+        torch.testing.assert_close(v, seen[k], rtol=0, atol=0)

@@ -18,9 +18,11 @@ from ._checks import (
     LossValueError,
     check_broadcastable,
     check_choice,
+    check_class_target,
     check_floating,
     check_int,
     check_integer,
+    check_min_ndim,
     check_number,
     check_reduction,
     check_same_device,
@@ -242,6 +244,13 @@ class CompositeLoss(nn.Module):
         bbox_preds: torch.Tensor,
         bbox_targets: torch.Tensor,
     ) -> torch.Tensor:
+        # check under the seed's argument names (the inner losses would report 'input' / 'target')
+        check_floating("cls_preds", cls_preds)
+        check_min_ndim("cls_preds", cls_preds, 2, "(N, C) or (N, C, d1, ...)")
+        check_class_target(cls_preds, cls_targets, input_name="cls_preds", target_name="cls_targets")
+        check_floating("bbox_preds", bbox_preds)
+        check_floating("bbox_targets", bbox_targets)
+        check_same_shape("bbox_targets", bbox_targets, "bbox_preds", bbox_preds)
         cls = focal_loss(cls_preds, cls_targets, self.alpha, self.gamma, reduction="mean")
         box = smooth_l1_loss(bbox_preds, bbox_targets, self.beta, reduction="mean")
         self.last_terms = {"cls": cls.detach(), "bbox": box.detach()}

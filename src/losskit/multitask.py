@@ -627,7 +627,7 @@ class MultiTaskLoss(nn.Module):
         losses = torch.stack([v.to(dtype) for v in values])
         total, weights = self.weighting(losses)
         self._last_losses = losses.detach()
-        self._last_weights = weights.detach()
+        self._last_weights = weights.detach().clone()  # a snapshot: some weightings return their parameter
         self._task_losses = losses if (self.weighting.needs_task_losses and losses.requires_grad) else None
         return total
 
