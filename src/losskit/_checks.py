@@ -211,8 +211,14 @@ def check_class_target(
             f"{target_name} has shape {shape_str(target.shape)}, expected {shape_str(expected)} "
             f"to match {input_name} of shape {shape_str(input.shape)} (class axis is dim 1)"
         )
+    check_class_range(target_name, target, input.shape[1], ignore_index)
+
+
+def check_class_range(
+    name: str, target: torch.Tensor, num_classes: int, ignore_index: int | None = None
+) -> None:
+    """Class indices in ``[0, num_classes)`` (entries equal to ``ignore_index`` allowed); a value check."""
     if value_checks_enabled() and target.numel() > 0:
-        num_classes = input.shape[1]
         valid = target if ignore_index is None else target[target != ignore_index]
         if valid.numel() > 0:
             lo, hi = int(valid.min()), int(valid.max())
@@ -220,7 +226,7 @@ def check_class_target(
                 bad = lo if lo < 0 else hi
                 extra = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
                 raise LossValueError(
-                    f"{target_name} contains class index {bad}, expected values in [0, {num_classes}){extra}"
+                    f"{name} contains class index {bad}, expected values in [0, {num_classes}){extra}"
                 )
 
 

@@ -42,6 +42,7 @@ from . import distributed as _dist
 from ._checks import (
     LossValueError,
     check_choice,
+    check_class_range,
     check_floating,
     check_int,
     check_integer,
@@ -1103,13 +1104,7 @@ def angular_margin_loss(
             f"weight has shape {shape_str(weight.shape)}, expected (C, {emb.shape[1]}): one centre per "
             f"class with the embeddings' dimension"
         )
-    num_classes = weight.shape[0]
-    if value_checks_enabled() and labels.numel() > 0:
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= num_classes:
-            raise LossValueError(
-                f"labels contains class index {lo if lo < 0 else hi}, expected values in [0, {num_classes})"
-            )
+    check_class_range("labels", labels, weight.shape[0])
     w = upcast(weight).to(emb.dtype)
     cos = F.normalize(emb, dim=-1) @ F.normalize(w, dim=-1).T
     target = cos.gather(1, labels[:, None]).squeeze(1)

@@ -167,6 +167,13 @@ def softmax_focal_supports(
     return True
 
 
+def _split_coef(coef: torch.Tensor | float | None) -> tuple[torch.Tensor | None, float]:
+    """A per-class ``(C,)`` factor as a tensor, or a number (``None`` = 1) as a Python float."""
+    if isinstance(coef, torch.Tensor) and coef.dim() > 0:
+        return coef, 1.0
+    return None, 1.0 if coef is None else float(coef)
+
+
 def softmax_focal_rows(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -186,12 +193,7 @@ def softmax_focal_rows(
         >>> softmax_focal_rows(x, torch.tensor([0, -100]), gamma=0.0)
         tensor([0.1698, 0.0000])
     """
-    scalar = 1.0
-    tensor_coef = None
-    if isinstance(coef, torch.Tensor) and coef.dim() > 0:
-        tensor_coef = coef
-    elif coef is not None:
-        scalar = float(coef)
+    tensor_coef, scalar = _split_coef(coef)
     return _SoftmaxFocalRows.apply(input, target, tensor_coef, scalar, float(gamma), int(ignore_index))
 
 
@@ -216,12 +218,7 @@ def softmax_focal_mean(
         >>> softmax_focal_mean(x, torch.tensor([0, -100]), gamma=0.0)
         tensor(0.1698)
     """
-    scalar = 1.0
-    tensor_coef = None
-    if isinstance(coef, torch.Tensor) and coef.dim() > 0:
-        tensor_coef = coef
-    elif coef is not None:
-        scalar = float(coef)
+    tensor_coef, scalar = _split_coef(coef)
     return _SoftmaxFocalMean.apply(
         input, target, tensor_coef, weight, scalar, float(gamma), int(ignore_index)
     )

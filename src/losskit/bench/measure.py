@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["held_bytes", "peak_growth_subprocess", "time_variants"]
+__all__ = ["held_bytes", "peak_growth_subprocess", "run_json_child", "time_variants"]
 
 
 def _grad_leaves(args: Sequence[Any], grad_idx: Sequence[int]) -> list[Any]:
@@ -122,6 +122,36 @@ def child_peak(spec: dict[str, Any]) -> dict[str, Any]:
     return {"peak_bytes": max(after - before, 0) * 1024}
 
 
+def run_json_child(
+    target: str, spec: dict[str, Any], env: dict[str, str] | None = None, timeout: float = 900
+) -> tuple[Any, str]:
+    """Call ``target`` (``"package.module:function"``) on ``spec`` in a fresh Python process.
+
+    The child's malloc returns freed blocks to the OS promptly, so RSS readings there are meaningful.
+    Returns the function's JSON-decoded result (``None`` if the child printed none) and its stderr.
+    """
+    module, function = target.split(":")
+    code = (
+        f"import json, sys; from {module} import {function}; "
+        f"print('LOSSKIT_JSON ' + json.dumps({function}(json.loads(sys.argv[1]))))"
+    )
+    child_env = dict(
+        os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072", **(env or {})
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        timeout=timeout,
+        check=False,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("LOSSKIT_JSON "):
+            return json.loads(line[len("LOSSKIT_JSON ") :]), proc.stderr
+    return None, proc.stderr
+
+
 def peak_growth_subprocess(
     case: str, variant: str, shape: Sequence[int], dtype: str, threads: int, extra: Sequence[str] = ()
 ) -> int | None:
@@ -136,23 +166,8 @@ def peak_growth_subprocess(
         "threads": threads,
         "extra": list(extra),
     }
-    code = (
-        "import json, sys; from losskit.bench.measure import child_peak; "
-        "print('LOSSKIT_PEAK ' + json.dumps(child_peak(json.loads(sys.argv[1]))))"
-    )
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
     try:
-        proc = subprocess.run(
-            [sys.executable, "-c", code, json.dumps(spec)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=900,
-            check=False,
-        )
+        result, _ = run_json_child("losskit.bench.measure:child_peak", spec)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    for line in proc.stdout.splitlines():
-        if line.startswith("LOSSKIT_PEAK "):
-            return json.loads(line[len("LOSSKIT_PEAK ") :])["peak_bytes"]
-    return None
+    return None if result is None else result["peak_bytes"]

@@ -3,10 +3,8 @@ chunked ``linear_cross_entropy``; the loss curves agree, the memory of one head 
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
 import sys
 from typing import Any
 
@@ -15,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...bench.measure import run_json_child
 from .. import data
 from ..core import ExperimentResult, LabContext, cosine_lr, require, seed_torch
 
@@ -133,25 +132,12 @@ def _measure(
         return None
     orders = [list(METHODS) if i % 2 == 0 else list(reversed(METHODS)) for i in range(len(seeds))]
     spec = {"tokens": tokens, "vocab": vocab, "hidden": hidden, "seeds": list(seeds), "orders": orders}
-    code = (
-        "import json, sys; from losskit.lab.experiments.large_vocabulary import measure_child; "
-        "print('LOSSKIT_MEM ' + json.dumps(measure_child(json.loads(sys.argv[1]))))"
+    result, stderr = run_json_child(
+        "losskit.lab.experiments.large_vocabulary:measure_child", spec, env={"OMP_NUM_THREADS": "1"}
     )
-    env = dict(
-        os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072", OMP_NUM_THREADS="1"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-        check=False,
-    )
-    for line in proc.stdout.splitlines():
-        if line.startswith("LOSSKIT_MEM "):
-            return json.loads(line[len("LOSSKIT_MEM ") :])
-    raise RuntimeError(f"memory measurement failed: {proc.stderr.strip()[-500:]}")
+    if result is None:
+        raise RuntimeError(f"memory measurement failed: {stderr.strip()[-500:]}")
+    return result
 
 
 # ----------------------------------------------------------------------------- the experiment
