@@ -754,8 +754,13 @@ def test_public_loss_takes_fused_path_and_saves_only_inputs(case):
     # alpha * weight, a token mask) or a scalar denominator
     extra = [a for a in seen if a.untyped_storage().data_ptr() not in inputs]
     assert all(a.numel() <= 48 for a in extra), (name, [tuple(a.shape) for a in extra])
-    if name in ("sigmoid_focal", "focal", "kd", "kd_tokens_dim_last", "asymmetric"):
+    if name in ("sigmoid_focal", "focal", "asymmetric"):
         assert not extra, (name, [tuple(a.shape) for a in extra])  # the default calls: inputs only
+    if name.startswith(("kd", "jsd")):  # plus the two per-row log-normalisers, float32 (R,) vectors
+        rows = args[0].numel() // args[0].shape[-1]
+        stats = [a.dtype for a in extra if a.is_floating_point() and a.dim() == 1]
+        assert stats == [torch.float32] * 2, name
+        assert all(a.numel() in (1, rows) for a in extra), name  # besides: a token mask, a denominator
     with fused_kernels(False):
         eager = fn(*leaves)
     assert node not in _graph_names(eager), name

@@ -20,7 +20,10 @@ with ``log M = logaddexp(log p_T + log beta, log p_S + log(1 - beta))``. Gradien
 teacher with ``g = beta (log p_T - log M)``. (``beta = 0`` / ``1`` are KLs: use :func:`kd_rows` with
 ``scale=1``, teacher/student swapped for ``beta = 1``.)
 
-Only the two logit tensors are saved; log-sum-exps are recomputed in backward.
+Saved for backward: the two logit tensors and their per-row log-normalisers
+``log sum_c exp(z_c / T)`` (two ``(R,)`` float vectors, ``8 R`` bytes in fp32: 64 KiB at ``R = 8192``,
+0.2% of one ``(8192, 1000)`` input). With them the student gradient is one elementwise pass with two
+exps per element and no reduction; recomputing them instead doubled the backward time.
 """
 
 from __future__ import annotations
@@ -55,38 +58,39 @@ def _log_softmax(z: torch.Tensor, temperature: float) -> torch.Tensor:
     return zf - torch.logsumexp(zf, dim=1, keepdim=True)
 
 
-def _shifted(z: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(z / T - max, exp(z / T - max))`` per row: one max pass, one exp per element."""
-    zf = _scaled(z, temperature)
-    sh = zf - zf.amax(dim=1, keepdim=True)
-    return sh, torch.exp(sh)
+def _row_log_softmax(z: torch.Tensor, lse: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``log softmax(z / T)`` from the saved per-row log-normaliser: elementwise, no reduction."""
+    return _scaled(z, temperature) - lse.unsqueeze(1)
 
 
 def _build_kd_forward(temperature: float, scale: float) -> Callable:
-    def forward(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # KL = sum_c p_T (b_c - a_c) - log Z_T + log Z_S with a, b the max-shifted scaled logits:
         # two exps per element and no normalised (R, C) tensor
-        a, ea = _shifted(s, temperature)
-        b, eb = _shifted(t, temperature)
-        zs, zt = ea.sum(1), eb.sum(1)
+        zs, zt = _scaled(s, temperature), _scaled(t, temperature)
+        ms, mt = zs.amax(dim=1, keepdim=True), zt.amax(dim=1, keepdim=True)
+        a, b = zs - ms, zt - mt
+        eb = torch.exp(b)
+        sum_s, sum_t = torch.exp(a).sum(1), eb.sum(1)
         w = (eb * (b - a)).sum(1)
-        return scale * (w / zt - torch.log(zt) + torch.log(zs))
+        log_s, log_t = torch.log(sum_s), torch.log(sum_t)
+        rows = scale * (w / sum_t - log_t + log_s)
+        return rows, ms.squeeze(1) + log_s, mt.squeeze(1) + log_t
 
     return forward
 
 
 def _build_kd_backward(temperature: float, scale: float, need_s: bool, need_t: bool) -> Callable:
-    def backward(s: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(
+        s: torch.Tensor, t: torch.Tensor, lse_s: torch.Tensor, lse_t: torch.Tensor, g: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
         k = (g * (scale / temperature)).unsqueeze(1)
-        if not need_t:
-            _, ea = _shifted(s, temperature)
-            _, eb = _shifted(t, temperature)
-            ps = ea / ea.sum(1, keepdim=True)
-            pt = eb / eb.sum(1, keepdim=True)
-            return (k * (ps - pt)).to(s.dtype), None
-        ls, lt = _log_softmax(s, temperature), _log_softmax(t, temperature)
+        ls = _row_log_softmax(s, lse_s, temperature)
+        lt = _row_log_softmax(t, lse_t, temperature)
         pt = torch.exp(lt)
         gs = (k * (torch.exp(ls) - pt)).to(s.dtype) if need_s else None
+        if not need_t:
+            return gs, None
         diff = lt - ls
         kl = (pt * diff).sum(1, keepdim=True)
         return gs, (k * pt * (diff - kl)).to(t.dtype)
@@ -97,10 +101,13 @@ def _build_kd_backward(temperature: float, scale: float, need_s: bool, need_t: b
 def _build_jsd_forward(beta: float, temperature: float) -> Callable:
     lb, l1b = math.log(beta), math.log1p(-beta)
 
-    def forward(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        ls, lt = _log_softmax(s, temperature), _log_softmax(t, temperature)
+    def forward(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        zs, zt = _scaled(s, temperature), _scaled(t, temperature)
+        lse_s, lse_t = torch.logsumexp(zs, dim=1), torch.logsumexp(zt, dim=1)
+        ls, lt = zs - lse_s.unsqueeze(1), zt - lse_t.unsqueeze(1)
         lm = torch.logaddexp(lt + lb, ls + l1b)
-        return (beta * torch.exp(lt) * (lt - lm) + (1.0 - beta) * torch.exp(ls) * (ls - lm)).sum(1)
+        rows = (beta * torch.exp(lt) * (lt - lm) + (1.0 - beta) * torch.exp(ls) * (ls - lm)).sum(1)
+        return rows, lse_s, lse_t
 
     return forward
 
@@ -108,8 +115,11 @@ def _build_jsd_forward(beta: float, temperature: float) -> Callable:
 def _build_jsd_backward(beta: float, temperature: float, need_s: bool, need_t: bool) -> Callable:
     lb, l1b = math.log(beta), math.log1p(-beta)
 
-    def backward(s: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        ls, lt = _log_softmax(s, temperature), _log_softmax(t, temperature)
+    def backward(
+        s: torch.Tensor, t: torch.Tensor, lse_s: torch.Tensor, lse_t: torch.Tensor, g: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        ls = _row_log_softmax(s, lse_s, temperature)
+        lt = _row_log_softmax(t, lse_t, temperature)
         lm = torch.logaddexp(lt + lb, ls + l1b)
         k = (g * (1.0 / temperature)).unsqueeze(1)
         out: list[torch.Tensor | None] = []
@@ -125,48 +135,46 @@ def _build_jsd_backward(beta: float, temperature: float, need_s: bool, need_t: b
     return backward
 
 
+def _rows_forward(ctx, kind: str, build: Callable, s, t, a: float, b: float) -> torch.Tensor:
+    """Shared forward of the two row kernels: per-row losses; keeps the logits and the two per-row
+    log-normalisers (``(R,)`` float vectors) for backward."""
+    rows, lse_s, lse_t = run_kernel((f"{kind}.fwd", a, b), lambda: build(a, b), s.numel(), s, t)
+    ctx.save_for_backward(s, t, lse_s, lse_t)
+    ctx.conf = (a, b)
+    return rows
+
+
+def _rows_backward(ctx, kind: str, build: Callable, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    s, t, lse_s, lse_t = ctx.saved_tensors
+    a, b = ctx.conf
+    need_s, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if not (need_s or need_t):
+        return None, None, None, None
+    key = (f"{kind}.bwd", a, b, need_s, need_t)
+    gs, gt = run_kernel(key, lambda: build(a, b, need_s, need_t), s.numel(), s, t, lse_s, lse_t, grad)
+    return gs, gt, None, None
+
+
 class _KDRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s, t, temperature, scale):  # type: ignore[override]
-        ctx.save_for_backward(s, t)
-        ctx.conf = (temperature, scale)
-        key = ("kd.fwd", temperature, scale)
-        return run_kernel(key, lambda: _build_kd_forward(temperature, scale), s.numel(), s, t)
+        return _rows_forward(ctx, "kd", _build_kd_forward, s, t, temperature, scale)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        s, t = ctx.saved_tensors
-        temperature, scale = ctx.conf
-        need_s, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if not (need_s or need_t):
-            return None, None, None, None
-        key = ("kd.bwd", temperature, scale, need_s, need_t)
-        build = lambda: _build_kd_backward(temperature, scale, need_s, need_t)  # noqa: E731
-        gs, gt = run_kernel(key, build, s.numel(), s, t, grad)
-        return gs, gt, None, None
+        return _rows_backward(ctx, "kd", _build_kd_backward, grad)
 
 
 class _JSDRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s, t, beta, temperature):  # type: ignore[override]
-        ctx.save_for_backward(s, t)
-        ctx.conf = (beta, temperature)
-        key = ("jsd.fwd", beta, temperature)
-        return run_kernel(key, lambda: _build_jsd_forward(beta, temperature), s.numel(), s, t)
+        return _rows_forward(ctx, "jsd", _build_jsd_forward, s, t, beta, temperature)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        s, t = ctx.saved_tensors
-        beta, temperature = ctx.conf
-        need_s, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if not (need_s or need_t):
-            return None, None, None, None
-        key = ("jsd.bwd", beta, temperature, need_s, need_t)
-        build = lambda: _build_jsd_backward(beta, temperature, need_s, need_t)  # noqa: E731
-        gs, gt = run_kernel(key, build, s.numel(), s, t, grad)
-        return gs, gt, None, None
+        return _rows_backward(ctx, "jsd", _build_jsd_backward, grad)
 
 
 def distill_supports(student: torch.Tensor, teacher: torch.Tensor) -> bool:
