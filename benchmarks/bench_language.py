@@ -14,8 +14,11 @@ of one method cannot leak into another):
 * peak RSS growth: ``VmHWM`` after one forward+backward minus ``VmRSS`` before it (the high-water mark
   is reset through ``/proc/self/clear_refs`` after the inputs are built and a tiny warm-up ran), so it
   includes the weight/hidden gradients every method must produce;
-* bytes held for backward: distinct storages passed through ``saved_tensors_hooks`` (inputs excluded)
-  plus tensors kept as attributes of custom autograd nodes (the precomputed gradients of fused ops).
+* bytes held for backward: ``losskit.bench.measure.held_bytes`` (saved tensors and tensors kept as
+  attributes of custom autograd nodes, the precomputed gradients of fused ops; inputs excluded).
+
+``losskit bench --only linear_ce`` measures the same three methods inside one process; this script
+adds the chunk-size sweep and a fresh process per measurement.
 
     python benchmarks/bench_language.py              # full shape, 3 timed runs (the shape is big)
     python benchmarks/bench_language.py --quick      # N=1024, H=256, V=8000: smoke test
@@ -87,38 +90,6 @@ def _cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _held_bytes(fn: Callable, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> dict:
-    """Bytes autograd keeps between forward and backward, inputs excluded."""
-    inputs = {hidden.untyped_storage().data_ptr(), weight.untyped_storage().data_ptr()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        st = t.untyped_storage()
-        if st.data_ptr() not in inputs:
-            saved[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = fn(hidden, weight, target)
-    ctx_bytes: dict[int, int] = {}
-    stack, seen = [loss.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        for value in getattr(node, "__dict__", {}).values():
-            items = value if isinstance(value, (tuple, list)) else (value,)
-            for t in items:
-                if isinstance(t, torch.Tensor):
-                    st = t.untyped_storage()
-                    if st.data_ptr() not in inputs and st.data_ptr() not in saved:
-                        ctx_bytes[st.data_ptr()] = st.nbytes()
-        stack.extend(nf[0] for nf in node.next_functions)
-    loss.backward()
-    return {"saved_bytes": sum(saved.values()), "ctx_bytes": sum(ctx_bytes.values())}
-
-
 def child(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -142,7 +113,9 @@ def child(args: argparse.Namespace) -> dict:
             grads_mib=(hidden.grad.numel() * hidden.grad.element_size() + weight.grad.nbytes) / 2**20,
         )
         hidden.grad = weight.grad = None
-        out.update({k: v / 2**20 for k, v in _held_bytes(fn, hidden, weight, target).items()})
+        from losskit.bench.measure import held_bytes
+
+        out["held_mib"] = held_bytes(fn, (hidden.detach(), weight.detach(), target), (0, 1)) / 2**20
         return out
     walls, cpus = [], []
     for i in range(args.runs + 1):
@@ -245,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         wall = r.get("wall_s", float("nan"))
         rel_t = wall / base["wall_s"] if base and "wall_s" in base else float("nan")
         rel_m = r["peak_growth_mib"] / base["peak_growth_mib"] if base else float("nan")
-        held = r["saved_bytes"] + r["ctx_bytes"]
+        held = r["held_mib"]
         print(
             f"| {r['method']} | {r['chunk_size'] or 'auto'} | {wall:.2f} | {r.get('cpu_s', float('nan')):.2f} | "
             f"{rel_t:.2f} | {r['peak_growth_mib']:.0f} | {rel_m:.2f} | {held:.0f} |"

@@ -95,3 +95,52 @@ def test_public_rows_use_the_kernels_and_reference_rows_do_not():
         # the public call keeps what the kernel keeps (at most a scalar denominator), the eager code more
         assert public["held_bytes"] <= kernel["held_bytes"] + 8, rec["case"]
         assert reference["held_bytes"] > public["held_bytes"], rec["case"]
+
+
+NEW_CASES = ["triplet", "triplet_batch_all", "nt_xent", "supcon", "linear_ce"]
+
+
+def test_embedding_and_language_cases_agree_with_their_eager_baselines():
+    """The losskit and eager/native variants of each case compute the same loss on the same inputs."""
+    for name in NEW_CASES:
+        case = CASES[name]
+        args, _ = case.make(case.quick_shape, torch.float64, 0)
+        values = {v.name: v.fn(*args) for v in case.variants() if v.role in ("losskit", "eager", "native")}
+        ours = next(val for key, val in values.items() if key.startswith("losskit."))
+        assert torch.isfinite(ours) and ours > 0, name
+        for key, val in values.items():
+            torch.testing.assert_close(val, ours, rtol=1e-6, atol=1e-9, msg=f"{name}: {key}")
+
+
+def test_embedding_and_language_cases_run_and_hold_less():
+    report = cli.run(quick=True, only=NEW_CASES, repeat=1, peak=False)
+    assert [c["case"] for c in report["cases"]] == NEW_CASES
+    for rec in report["cases"]:
+        rows = {r["role"]: r for r in rec["rows"] if r["role"] != "peer"}
+        assert {"losskit", "eager"} <= set(rows), rec["case"]
+        assert rows["losskit"]["held_bytes"] < rows["eager"]["held_bytes"], rec["case"]
+        assert all(r["total_ms"] > 0 for r in rec["rows"])
+
+
+def test_max_repeat_caps_the_timed_rounds():
+    assert CASES["linear_ce"].max_repeat == 5
+    report = cli.run(quick=True, only=["linear_ce", "focal"], repeat=7, peak=False)
+    assert [c["repeat"] for c in report["cases"]] == [5, 7]
+
+
+class _Stash(torch.autograd.Function):
+    """Keeps a precomputed gradient as a ctx attribute instead of through save_for_backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.grad_x = 2 * x
+        return (x * x).sum()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.grad_x
+
+
+def test_held_bytes_counts_ctx_attributes():
+    x = torch.randn(16, 4)
+    assert held_bytes(_Stash.apply, (x,), (0,)) == 16 * 4 * 4

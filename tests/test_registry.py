@@ -65,7 +65,16 @@ def test_build_errors():
 
 
 def test_seed_004_torch_losses_buildable():
-    for name in ("mse", "l1", "bce", "bce_with_logits", "kl_div", "hinge_embedding", "smooth_l1", "triplet_margin"):
+    for name in (
+        "mse",
+        "l1",
+        "bce",
+        "bce_with_logits",
+        "kl_div",
+        "hinge_embedding",
+        "smooth_l1",
+        "triplet_margin",
+    ):
         assert name in losskit.available()
     assert isinstance(losskit.build("mse"), torch.nn.MSELoss)
     x, y = torch.randn(4, 3), torch.randn(4, 3)

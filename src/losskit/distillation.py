@@ -14,8 +14,9 @@ Conventions shared by the logit losses:
   teacher frozen, in eval mode and under ``torch.no_grad``.
 * Speed and memory: :func:`kd_loss` (class axis last: ``(N, C)`` with ``dim=1`` or ``(..., V)`` with
   ``dim=-1``) and :func:`jsd_loss` run fused row kernels (:mod:`losskit._kernels.distill`) on
-  contiguous logits of one dtype: autograd keeps only the two logit tensors and backward recomputes
-  the softmaxes (large inputs run a ``torch.compile``-d version, compiled on first use). Other
+  contiguous logits of one dtype: autograd keeps the two logit tensors and two float32 numbers per
+  row (the log-normalisers), so backward is one elementwise pass (large inputs run a
+  ``torch.compile``-d version, compiled on first use). Other
   layouts, mixed dtypes and calls inside an outer ``torch.compile`` use the plain tensor code;
   ``losskit._kernels.fused_kernels(False)`` forces it (e.g. for double backward).
 """

@@ -51,6 +51,7 @@ class Case:
     build_variants: Callable[[], list[Variant]]
     scaling: list[Shape] = field(default_factory=list)
     note: str = ""
+    max_repeat: int | None = None  # cap on the timed rounds for cases of seconds per step
 
     def variants(self) -> list[Variant]:
         return self.build_variants()

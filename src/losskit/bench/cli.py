@@ -51,6 +51,10 @@ def _input_bytes(args: Sequence[Any]) -> int:
     return sum(a.untyped_storage().nbytes() for a in args if isinstance(a, torch.Tensor))
 
 
+def _repeat(case: Case, repeat: int) -> int:
+    return repeat if case.max_repeat is None else min(repeat, case.max_repeat)
+
+
 def run_case(
     case: Case,
     *,
@@ -62,6 +66,7 @@ def run_case(
     extra: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Measure every available variant of ``case`` at ``shape``; returns a JSON-able record."""
+    repeat = _repeat(case, repeat)
     args, grad_idx = case.make(shape, dtype, 0)
     variants = case.variants()
     fns = {v.name: v.fn for v in variants if v.fn is not None}
@@ -108,6 +113,7 @@ def run_scaling(case: Case, *, dtype: torch.dtype, threads: int, repeat: int) ->
     """Total time and held bytes of the losskit / kernel / eager / native variants across shapes."""
     out = []
     roles = ("losskit", "kernel", "eager", "native")
+    repeat = _repeat(case, repeat)
     variants = [v for v in case.variants() if v.fn is not None and v.role in roles]
     for shape in case.scaling:
         args, grad_idx = case.make(shape, dtype, 0)

@@ -7,9 +7,10 @@
 * **Bytes held for backward**: every tensor autograd saves goes through
   ``torch.autograd.graph.saved_tensors_hooks``; the unique storages are summed by ``nbytes``,
   **except storages of the loss's own inputs** (logits, targets, teacher logits: tensors the
-  caller holds anyway). An upcast copy of an input or any intermediate is counted. Custom autograd
-  Functions that stash tensors on ``ctx`` as attributes would escape the hooks; losskit's kernels
-  keep only Python numbers there.
+  caller holds anyway). An upcast copy of an input or any intermediate is counted. Tensors that
+  custom autograd Functions keep as ``ctx`` attributes (the precomputed gradients of the chunked
+  large-vocabulary loss, for instance) escape the hooks, so the graph is also walked from the loss
+  and every tensor attribute of its nodes is counted too.
 * **Peak memory growth**: measured in a fresh ``python`` subprocess per (case, variant, shape) with
   glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed (large blocks are returned to the OS on free): the
   process builds the inputs, runs one warm-up forward+backward (compilation happens there), frees
@@ -73,21 +74,44 @@ def time_variants(
     return {k: {m: statistics.median(v) for m, v in d.items()} for k, d in times.items()}
 
 
+def _node_tensors(root: Any) -> list[torch.Tensor]:
+    """Tensors kept as attributes of the autograd nodes reachable from ``root`` (custom ``ctx`` state)."""
+    out: list[torch.Tensor] = []
+    stack, seen = [root], set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        for value in getattr(node, "__dict__", {}).values():
+            for item in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(item, torch.Tensor):
+                    out.append(item)
+        stack.extend(nf[0] for nf in node.next_functions)
+    return out
+
+
 def held_bytes(fn: Callable[..., torch.Tensor], args: Sequence[Any], grad_idx: Sequence[int]) -> int:
-    """Bytes of the unique storages saved for backward, the inputs' own storages excluded."""
+    """Bytes of the unique storages kept for backward (saved tensors and ``ctx`` tensor attributes),
+    the inputs' own storages excluded."""
     leaves = _grad_leaves(args, grad_idx)
     inputs = {a.untyped_storage().data_ptr() for a in leaves if isinstance(a, torch.Tensor)}
     seen: dict[int, int] = {}
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
+    def note(t: torch.Tensor) -> None:
         st = t.untyped_storage()
         ptr = st.data_ptr()
         if ptr not in inputs and st.nbytes() > 0:
             seen[ptr] = st.nbytes()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        note(t)
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = fn(*leaves)
+    for t in _node_tensors(loss.grad_fn):
+        note(t)
     loss.backward()
     return sum(seen.values())
 
