@@ -8,7 +8,8 @@ A :class:`Case` makes its inputs for a shape and lists :class:`Variant` s, each 
 * ``kernel``: the fused kernel called directly (what the public function runs for this call);
 * ``eager``: the eager composition a user would write (the ratio baseline);
 * ``native``: the nearest native torch loss on the same tensors (the practical floor);
-* ``peer``: another library's implementation (kornia, MONAI, torchvision), when importable.
+* ``peer``: another library's implementation (kornia, MONAI, torchvision, pytorch-metric-learning), when
+  importable.
 
 Adding a case: build a :class:`Case` and call :func:`register_case`, in a module imported through
 ``losskit bench --extra path/to/file.py`` (or ``--extra package.module``). A file under

@@ -227,7 +227,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines.append(
             "Peers not importable (skipped): "
             + ", ".join(report["skipped_peers"])
-            + " (`pip install losskit[peers]`)."
+            + " (`pip install losskit[peers]` installs kornia, MONAI and pytorch-metric-learning; "
+            "torchvision must match the installed torch build)."
         )
     return "\n".join(lines)
 
