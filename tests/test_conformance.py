@@ -159,6 +159,23 @@ def _multitask(dtype):
     )
 
 
+ANGULAR_KW = {"embedding_dim": 3, "num_classes": 3, "scale": 8.0}
+
+
+def _angular_case(kind: str) -> Case:
+    def ref(emb, labels, **kw):
+        centres = _module(kind).weight.detach()
+        margin = _module(kind).margin
+        return LF.angular_margin_loss(emb, centres, labels, 8.0, margin, kind, **kw)
+
+    return Case(
+        lambda d: (_randn(6, 3, seed=33, dtype=d), _balanced_labels(6, 3)),
+        module_kw=ANGULAR_KW,
+        ref=ref,
+        arg_names=("embeddings", "labels"),
+    )
+
+
 def _linear(dtype):
     return (_randn(7, 6, seed=20, dtype=dtype), _randn(11, 6, seed=21, dtype=dtype), _ints(11, (7,), 20))
 
@@ -236,6 +253,9 @@ CASES: dict[str, Case] = {
     ),
     "nt_xent": Case(lambda d: _pair(d, (5, 3)), wrt=(0, 1), per_sample=False),
     "supcon": Case(lambda d: (_randn(8, 3, seed=30, dtype=d), _balanced_labels(8, 3)), per_sample=False),
+    # learnable class centres: the module owns the weight, built under a fixed seed (see _module)
+    "arcface": _angular_case("arcface"),
+    "cosface": _angular_case("cosface"),
     # language
     "linear_cross_entropy": Case(_linear, wrt=(0, 1), mismatch=2, shared=(1,)),
     "linear_kd": Case(_linear_kd, wrt=(0, 1), mismatch=2, shared=(1, 3)),
@@ -276,14 +296,17 @@ def _case(name: str) -> Case:
 def _functional_value(name: str, args: tuple[Any, ...], **kw: Any) -> torch.Tensor:
     case = _case(name)
     if case.ref is not None:
-        return case.ref(*args)
+        return case.ref(*args, **kw) if kw else case.ref(*args)
     fn = get_spec(name).functional
     assert fn is not None, f"{name} has no functional and no reference"
     return fn(*args, **{**case.functional_kw, **kw})
 
 
 def _module(name: str, **kw: Any) -> torch.nn.Module:
-    return losskit.build(name, **{**_case(name).module_kw, **kw})
+    # losses with parameters (ArcFace centres) are built under one seed: every build is the same loss
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return losskit.build(name, **{**_case(name).module_kw, **kw})
 
 
 def _with_grad(args: tuple[Any, ...], wrt: tuple[int, ...]) -> tuple[list[Any], list[torch.Tensor]]:
@@ -299,7 +322,7 @@ def _with_grad(args: tuple[Any, ...], wrt: tuple[int, ...]) -> tuple[list[Any], 
 
 
 def test_every_registered_name_has_an_input_factory():
-    assert len(NAMES) >= 41
+    assert len(NAMES) >= 43
     missing = sorted(set(NAMES) - set(CASES))
     assert not missing, f"add an input factory to CASES for {missing}"
     assert not set(CASES) - set(NAMES), f"factories for unregistered names: {sorted(set(CASES) - set(NAMES))}"

@@ -22,10 +22,18 @@ def test_readme_catalog_is_current():
     assert table == catalog_markdown(), "README catalog is stale: run `losskit catalog --write README.md`"
 
 
+# losses whose constructor has required arguments (the learnable class centres need their shape)
+REQUIRED = {
+    "arcface": {"embedding_dim": 8, "num_classes": 4},
+    "cosface": {"embedding_dim": 8, "num_classes": 4},
+}
+
+
 def test_every_registered_loss_builds_with_defaults_and_has_functional():
     for name in losskit.available():
         spec = get_spec(name)
-        module = losskit.build(name) if spec.family != "multitask" or name == "multitask" else None
+        kwargs = REQUIRED.get(name, {})
+        module = losskit.build(name, **kwargs) if spec.family != "multitask" or name == "multitask" else None
         if module is not None:
             assert isinstance(module, torch.nn.Module)
         if spec.functional is not None and spec.functional.__module__.startswith("losskit"):
@@ -62,6 +70,20 @@ def test_build_errors():
         losskit.build({"name": "huber", "weight": 2.0})
     with pytest.raises(LossTypeError, match="build\\(\\) takes a name"):
         losskit.build(3)
+    with pytest.raises(LossTypeError, match=r"loss 'focal': .*'gama'.*accepts \(.*gamma"):
+        losskit.build({"name": "focal", "gama": 2.0})
+    with pytest.raises(LossTypeError, match=r"loss 'arcface': .*embedding_dim"):
+        losskit.build("arcface")
+
+
+def test_angular_margin_losses_build_by_name():
+    arc = losskit.build({"name": "arcface", "embedding_dim": 8, "num_classes": 4, "margin": 0.3})
+    cos = losskit.build("cosface", embedding_dim=8, num_classes=4)
+    assert isinstance(arc, losskit.ArcFaceLoss) and arc.margin == 0.3
+    assert isinstance(cos, losskit.CosFaceLoss)
+    emb, labels = torch.randn(6, 8), torch.tensor([0, 1, 2, 3, 0, 1])
+    expected = LF.angular_margin_loss(emb, arc.weight, labels, scale=64.0, margin=0.3, kind="arcface")
+    torch.testing.assert_close(arc(emb, labels), expected)
 
 
 def test_seed_004_torch_losses_buildable():

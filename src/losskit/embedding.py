@@ -1258,3 +1258,19 @@ register(
     source="Khosla et al. 2020",
     notes="L_out; (B, D) or (B, V, D); mean over anchors with a positive",
 )
+register(
+    "arcface",
+    ArcFaceLoss,
+    family=_FAMILY,
+    functional=angular_margin_loss,
+    source="Deng et al. CVPR 2019 (ArcFace)",
+    notes="learnable centres; needs embedding_dim, num_classes; cos(theta + m), s=64, m=0.5",
+)
+register(
+    "cosface",
+    CosFaceLoss,
+    family=_FAMILY,
+    functional=angular_margin_loss,
+    source="Wang et al. CVPR 2018 (CosFace)",
+    notes="learnable centres; needs embedding_dim, num_classes; cos(theta) - m, s=64, m=0.35",
+)

@@ -7,6 +7,7 @@ the functional's name without the ``_loss`` suffix (``focal``, ``sigmoid_focal``
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,7 +136,9 @@ def build(spec: str | Mapping[str, Any] | Sequence[Mapping[str, Any]], **kwargs:
         HuberLoss(...)
     """
     if isinstance(spec, str):
-        return get_spec(spec).module(**kwargs)
+        entry = get_spec(spec)
+        _check_arguments(entry, kwargs)
+        return entry.module(**kwargs)
     if isinstance(spec, Mapping):
         cfg = dict(spec)
         cfg.update(kwargs)
@@ -166,6 +169,19 @@ def build(spec: str | Mapping[str, Any] | Sequence[Mapping[str, Any]], **kwargs:
             weights.append(float(w))
         return WeightedSum(modules, weights, names)
     raise LossTypeError(f"build() takes a name, a mapping or a list of mappings, got {type(spec).__name__}")
+
+
+def _check_arguments(spec: LossSpec, kwargs: Mapping[str, Any]) -> None:
+    """Name the loss and its accepted arguments when a config misses or misspells one."""
+    try:
+        sig = inspect.signature(spec.module)
+    except (TypeError, ValueError):  # builtins without a signature: let the constructor decide
+        return
+    try:
+        sig.bind(**kwargs)
+    except TypeError as err:
+        accepted = ", ".join(p for p in sig.parameters if p not in ("args", "kwargs"))
+        raise LossTypeError(f"loss {spec.name!r}: {err}; it accepts ({accepted})") from None
 
 
 def _is_number(x: Any) -> bool:
