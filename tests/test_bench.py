@@ -63,14 +63,21 @@ def test_extra_cases_hook(tmp_path):
                     return [
                         Variant("mine", "losskit", lambda x, t: (x - t).square().mean()),
                         Variant("mse", "native", torch.nn.functional.mse_loss),
+                        Variant("huge", "eager", torch.nn.functional.l1_loss, fits=lambda s: s[0] < 4),
                     ]
-                return [Case("extra_mse", make_binary, (8, 8), (4, 4), variants)]
+                return [Case("extra_mse", make_binary, (8, 8), (4, 4), variants, [(2, 8), (8, 8)])]
             """
         )
     )
     try:
         report = cli.run(quick=True, only=["extra_mse"], repeat=1, peak=False, extra=[str(path)])
-        assert [r["variant"] for r in report["cases"][0]["rows"]] == ["mine", "mse"]
+        rec = report["cases"][0]
+        assert [r["variant"] for r in rec["rows"]] == ["mine", "mse"]
+        # a variant that does not fit the shape is reported, not run
+        assert rec["too_large"] == ["huge"]
+        assert "Not run at this shape (memory beyond this machine): huge" in cli.to_markdown(report)
+        scaled = cli.run_scaling(CASES["extra_mse"], dtype=torch.float32, threads=2, repeat=1)
+        assert [(r["shape"][0], r["variant"]) for r in scaled if r["role"] == "eager"] == [(2, "huge")]
     finally:
         CASES.pop("extra_mse", None)
 

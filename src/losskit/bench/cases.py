@@ -41,6 +41,11 @@ class Variant:
     role: str  # 'losskit' | 'kernel' | 'eager' | 'native' | 'peer'
     fn: Callable[..., torch.Tensor] | None
     note: str = ""
+    # False for shapes the implementation cannot run here (e.g. a peer that allocates O(B^3) memory)
+    fits: Callable[[Shape], bool] | None = None
+
+    def runs_at(self, shape: Shape) -> bool:
+        return self.fn is not None and (self.fits is None or self.fits(shape))
 
 
 @dataclass

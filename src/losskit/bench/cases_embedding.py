@@ -149,7 +149,10 @@ def _nt_xent_variants() -> list[Variant]:
             labels = torch.arange(a.shape[0], device=a.device)
             return loss(torch.cat([a, b]), torch.cat([labels, labels]))
 
-        out.append(Variant("PML NTXentLoss", "peer", pml))
+        # PML compares every positive pair with every negative pair: (2B)^3 elements, 34 GB at B = 1024
+        out.append(
+            Variant("PML NTXentLoss", "peer", pml, fits=lambda shape: 4 * (2 * shape[0]) ** 3 <= 2**31)
+        )
     return out
 
 

@@ -68,16 +68,13 @@ def run_case(
     """Measure every available variant of ``case`` at ``shape``; returns a JSON-able record."""
     repeat = _repeat(case, repeat)
     args, grad_idx = case.make(shape, dtype, 0)
-    variants = case.variants()
-    fns = {v.name: v.fn for v in variants if v.fn is not None}
-    times = time_variants(fns, args, grad_idx, repeat=repeat)
-    base = {
-        v.role: times[v.name]["total"] for v in variants if v.fn is not None and v.role in ("eager", "native")
-    }
+    available = [v for v in case.variants() if v.fn is not None]
+    variants = [v for v in available if v.runs_at(shape)]
+    too_large = [v.name for v in available if not v.runs_at(shape)]
+    times = time_variants({v.name: v.fn for v in variants}, args, grad_idx, repeat=repeat)
+    base = {v.role: times[v.name]["total"] for v in variants if v.role in ("eager", "native")}
     rows = []
     for v in variants:
-        if v.fn is None:
-            continue
         t = times[v.name]
         row = {
             "variant": v.name,
@@ -105,6 +102,7 @@ def run_case(
         "input_bytes": _input_bytes(args),
         "repeat": repeat,
         "rows": rows,
+        "too_large": too_large,
         "note": case.note,
     }
 
@@ -114,8 +112,8 @@ def run_scaling(case: Case, *, dtype: torch.dtype, threads: int, repeat: int) ->
     out = []
     roles = ("losskit", "kernel", "eager", "native")
     repeat = _repeat(case, repeat)
-    variants = [v for v in case.variants() if v.fn is not None and v.role in roles]
     for shape in case.scaling:
+        variants = [v for v in case.variants() if v.role in roles and v.runs_at(shape)]
         args, grad_idx = case.make(shape, dtype, 0)
         times = time_variants({v.name: v.fn for v in variants}, args, grad_idx, repeat=repeat)
         for v in variants:
@@ -209,6 +207,11 @@ def to_markdown(report: dict[str, Any]) -> str:
                 f"| {_fmt_ratio(r['vs_eager'])} | {_fmt_ratio(r['vs_native'])} | {_fmt_bytes(r['held_bytes'])} "
                 f"| {_fmt_bytes(r['peak_bytes'])} |"
             )
+        if rec.get("too_large"):
+            lines += [
+                "",
+                "Not run at this shape (memory beyond this machine): " + ", ".join(rec["too_large"]),
+            ]
         lines.append("")
     if report["scaling"]:
         lines += [
