@@ -756,10 +756,12 @@ def test_public_loss_takes_fused_path_and_saves_only_inputs(case):
     assert all(a.numel() <= 48 for a in extra), (name, [tuple(a.shape) for a in extra])
     if name in ("sigmoid_focal", "focal", "asymmetric"):
         assert not extra, (name, [tuple(a.shape) for a in extra])  # the default calls: inputs only
-    if name.startswith(("kd", "jsd")):  # plus the two per-row log-normalisers, float32 (R,) vectors
+    if name.startswith(("kd", "jsd")):
+        # plus per-row float32 (R,) statistics: the two log-normalisers (KD), and the two halves of
+        # each row's value (the JSD kernel, 0 < beta < 1)
         rows = args[0].numel() // args[0].shape[-1]
         stats = [a.dtype for a in extra if a.is_floating_point() and a.dim() == 1]
-        assert stats == [torch.float32] * 2, name
+        assert stats == [torch.float32] * (4 if node == "_JSDRowsBackward" else 2), name
         assert all(a.numel() in (1, rows) for a in extra), name  # besides: a token mask, a denominator
     with fused_kernels(False):
         eager = fn(*leaves)

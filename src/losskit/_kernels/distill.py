@@ -15,20 +15,21 @@ Generalised JSD (GKD, Agarwal et al. 2024) for ``0 < beta < 1``:
     M = \beta p_T + (1 - \beta) p_S,\quad
     \ell = \beta\,\mathrm{KL}(p_T \| M) + (1 - \beta)\,\mathrm{KL}(p_S \| M)
 
-with ``log M = logaddexp(log p_T + log beta, log p_S + log(1 - beta))``. Gradients:
+with ``log M = log(beta p_T + (1 - beta) p_S)``. Gradients:
 ``dl/dz_S = (1/T) p_S (g - sum_c p_S g)`` with ``g = (1 - beta)(log p_S - log M)`` and the same for the
-teacher with ``g = beta (log p_T - log M)``. (``beta = 0`` / ``1`` are KLs: use :func:`kd_rows` with
+teacher with ``g = beta (log p_T - log M)``; ``(1 - beta) sum_c p_S g`` and ``beta sum_c p_T g`` are the
+two halves of the forward value. (``beta = 0`` / ``1`` are KLs: use :func:`kd_rows` with
 ``scale=1``, teacher/student swapped for ``beta = 1``.)
 
 Saved for backward: the two logit tensors and their per-row log-normalisers
 ``log sum_c exp(z_c / T)`` (two ``(R,)`` float vectors, ``8 R`` bytes in fp32: 64 KiB at ``R = 8192``,
-0.2% of one ``(8192, 1000)`` input). With them the student gradient is one elementwise pass with two
-exps per element and no reduction; recomputing them instead doubled the backward time.
+0.2% of one ``(8192, 1000)`` input); the JSD also keeps the two halves of each row's value (two more
+``(R,)`` vectors, 128 KiB in all at ``R = 8192``). With them each gradient is one elementwise pass
+and no reduction; recomputing them instead doubled (KD) or tripled (JSD) the backward time.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -98,60 +99,70 @@ def _build_kd_backward(temperature: float, scale: float, need_s: bool, need_t: b
     return backward
 
 
-def _build_jsd_forward(beta: float, temperature: float) -> Callable:
-    lb, l1b = math.log(beta), math.log1p(-beta)
+def _jsd_terms(ls: torch.Tensor, lt: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1 - beta) p_S (log p_S - log M)`` and ``beta p_T (log p_T - log M)``, elementwise.
 
-    def forward(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ``M`` is formed from the two probabilities (one log per element, where ``logaddexp`` would add
+    an exp and a log1p); where both underflow ``M`` is clamped to the smallest normal number, and
+    the terms are ``0 * finite = 0`` there as in exact arithmetic.
+    """
+    ps, pt = torch.exp(ls), torch.exp(lt)
+    lm = torch.log((beta * pt + (1.0 - beta) * ps).clamp_min(torch.finfo(ls.dtype).tiny))
+    return (1.0 - beta) * ps * (ls - lm), beta * pt * (lt - lm)
+
+
+def _build_jsd_forward(beta: float, temperature: float) -> Callable:
+    def forward(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
         zs, zt = _scaled(s, temperature), _scaled(t, temperature)
         lse_s, lse_t = torch.logsumexp(zs, dim=1), torch.logsumexp(zt, dim=1)
-        ls, lt = zs - lse_s.unsqueeze(1), zt - lse_t.unsqueeze(1)
-        lm = torch.logaddexp(lt + lb, ls + l1b)
-        rows = (beta * torch.exp(lt) * (lt - lm) + (1.0 - beta) * torch.exp(ls) * (ls - lm)).sum(1)
-        return rows, lse_s, lse_t
+        term_s, term_t = _jsd_terms(zs - lse_s.unsqueeze(1), zt - lse_t.unsqueeze(1), beta)
+        a_s, a_t = term_s.sum(1), term_t.sum(1)
+        return a_s + a_t, lse_s, lse_t, a_s, a_t
 
     return forward
 
 
 def _build_jsd_backward(beta: float, temperature: float, need_s: bool, need_t: bool) -> Callable:
-    lb, l1b = math.log(beta), math.log1p(-beta)
-
     def backward(
-        s: torch.Tensor, t: torch.Tensor, lse_s: torch.Tensor, lse_t: torch.Tensor, g: torch.Tensor
+        s: torch.Tensor,
+        t: torch.Tensor,
+        lse_s: torch.Tensor,
+        lse_t: torch.Tensor,
+        a_s: torch.Tensor,
+        a_t: torch.Tensor,
+        g: torch.Tensor,
     ) -> tuple[torch.Tensor | None, ...]:
+        # dl/dz = (1/T) p (w (log p - log M) - sum_c p w (log p - log M)); the row sums are the two
+        # halves of the forward value, saved: one elementwise pass, no reduction
         ls = _row_log_softmax(s, lse_s, temperature)
         lt = _row_log_softmax(t, lse_t, temperature)
-        lm = torch.logaddexp(lt + lb, ls + l1b)
+        ps, pt = torch.exp(ls), torch.exp(lt)
+        lm = torch.log((beta * pt + (1.0 - beta) * ps).clamp_min(torch.finfo(ls.dtype).tiny))
         k = (g * (1.0 / temperature)).unsqueeze(1)
-        out: list[torch.Tensor | None] = []
-        for need, lp, w, like in ((need_s, ls, 1.0 - beta, s), (need_t, lt, beta, t)):
-            if not need:
-                out.append(None)
-                continue
-            p = torch.exp(lp)
-            gg = w * (lp - lm)
-            out.append((k * p * (gg - (p * gg).sum(1, keepdim=True))).to(like.dtype))
-        return tuple(out)
+        gs = (k * ps * ((1.0 - beta) * (ls - lm) - a_s.unsqueeze(1))).to(s.dtype) if need_s else None
+        gt = (k * pt * (beta * (lt - lm) - a_t.unsqueeze(1))).to(t.dtype) if need_t else None
+        return gs, gt
 
     return backward
 
 
 def _rows_forward(ctx, kind: str, build: Callable, s, t, a: float, b: float) -> torch.Tensor:
-    """Shared forward of the two row kernels: per-row losses; keeps the logits and the two per-row
-    log-normalisers (``(R,)`` float vectors) for backward."""
-    rows, lse_s, lse_t = run_kernel((f"{kind}.fwd", a, b), lambda: build(a, b), s.numel(), s, t)
-    ctx.save_for_backward(s, t, lse_s, lse_t)
+    """Shared forward of the two row kernels: per-row losses; keeps the logits and the kernel's
+    per-row statistics (``(R,)`` float vectors) for backward."""
+    rows, *stats = run_kernel((f"{kind}.fwd", a, b), lambda: build(a, b), s.numel(), s, t)
+    ctx.save_for_backward(s, t, *stats)
     ctx.conf = (a, b)
     return rows
 
 
 def _rows_backward(ctx, kind: str, build: Callable, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-    s, t, lse_s, lse_t = ctx.saved_tensors
+    s, t, *stats = ctx.saved_tensors
     a, b = ctx.conf
     need_s, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     if not (need_s or need_t):
         return None, None, None, None
     key = (f"{kind}.bwd", a, b, need_s, need_t)
-    gs, gt = run_kernel(key, lambda: build(a, b, need_s, need_t), s.numel(), s, t, lse_s, lse_t, grad)
+    gs, gt = run_kernel(key, lambda: build(a, b, need_s, need_t), s.numel(), s, t, *stats, grad)
     return gs, gt, None, None
 
 
