@@ -107,8 +107,12 @@ def _jsd_terms(ls: torch.Tensor, lt: torch.Tensor, beta: float) -> tuple[torch.T
     the terms are ``0 * finite = 0`` there as in exact arithmetic.
     """
     ps, pt = torch.exp(ls), torch.exp(lt)
-    lm = torch.log((beta * pt + (1.0 - beta) * ps).clamp_min(torch.finfo(ls.dtype).tiny))
+    lm = _log_mixture(ps, pt, beta)
     return (1.0 - beta) * ps * (ls - lm), beta * pt * (lt - lm)
+
+
+def _log_mixture(ps: torch.Tensor, pt: torch.Tensor, beta: float) -> torch.Tensor:
+    return torch.log((beta * pt + (1.0 - beta) * ps).clamp_min(torch.finfo(ps.dtype).tiny))
 
 
 def _build_jsd_forward(beta: float, temperature: float) -> Callable:
@@ -137,7 +141,7 @@ def _build_jsd_backward(beta: float, temperature: float, need_s: bool, need_t: b
         ls = _row_log_softmax(s, lse_s, temperature)
         lt = _row_log_softmax(t, lse_t, temperature)
         ps, pt = torch.exp(ls), torch.exp(lt)
-        lm = torch.log((beta * pt + (1.0 - beta) * ps).clamp_min(torch.finfo(ls.dtype).tiny))
+        lm = _log_mixture(ps, pt, beta)
         k = (g * (1.0 / temperature)).unsqueeze(1)
         gs = (k * ps * ((1.0 - beta) * (ls - lm) - a_s.unsqueeze(1))).to(s.dtype) if need_s else None
         gt = (k * pt * (beta * (lt - lm) - a_t.unsqueeze(1))).to(t.dtype) if need_t else None
