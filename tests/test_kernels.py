@@ -859,3 +859,50 @@ def test_fused_switch_restores_setting():
             assert _compile.fused_kernels_enabled()
         assert not _compile.fused_kernels_enabled()
     assert _compile.fused_kernels_enabled()
+
+
+def _dispatch_calls():
+    x, t = torch.randn(16, 8), (torch.rand(16, 8) < 0.3).float()
+    y = torch.randint(0, 8, (16,))
+    seg, mask = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    return [
+        ("_SigmoidFocalBackward", lambda a: LF.sigmoid_focal_loss(a, t, reduction="mean"), x),
+        ("_SoftmaxFocalMeanBackward", lambda a: LF.focal_loss(a, y), x),
+        ("_AsymmetricBackward", lambda a: LF.asymmetric_loss(a, t), x),
+        ("_KDRowsBackward", lambda a: LF.kd_loss(a, x.flip(0)), x),
+        ("_JSDRowsBackward", lambda a: LF.jsd_loss(a, x.flip(0), 0.5), x),
+        ("_ClassSumsBackward", lambda a: LF.dice_loss(a, mask), seg),
+    ]
+
+
+@pytest.mark.parametrize("mode", ["auto", "always", "off"])
+def test_default_dispatch_takes_kernels_only_where_they_run_compiled(mode, monkeypatch):
+    """'auto' (the default): kernels for inputs of at least the compile threshold with compilation
+    on, the plain code otherwise (faster there); 'always': kernels at every size; 'off': never."""
+    # which graph is built does not depend on the compiled code: "compile" to the function itself
+    monkeypatch.setattr(_compile.torch, "compile", lambda fn, **kw: fn)
+    monkeypatch.setattr(_compile, "_CACHE", {})
+    for node, fn, x in _dispatch_calls():
+        with fused_kernels(mode):
+            for threshold, compiling, expected in (
+                (x.numel() + 1, True, mode == "always"),  # below the threshold
+                (x.numel(), True, mode != "off"),  # at the threshold, compiled
+                (0, False, mode == "always"),  # compilation switched off
+            ):
+                monkeypatch.setattr(_compile, "_MIN_NUMEL", threshold)
+                monkeypatch.setattr(_compile, "_ENABLED", compiling)
+                assert _compile.use_fused_kernel(x.numel()) == expected
+                out = fn(x.clone().requires_grad_())
+                assert (node in _graph_names(out)) == expected, (node, mode, threshold, compiling)
+
+
+def test_fused_setting_values():
+    previous = _compile.set_fused_kernels("auto")
+    try:
+        assert _compile.fused_kernels_enabled() and not _compile.use_fused_kernel(0)
+        _compile.set_fused_kernels(False)
+        assert not _compile.fused_kernels_enabled()
+        with pytest.raises(ValueError, match="must be True, False, 'auto' or 'always', got 'sometimes'"):
+            _compile.set_fused_kernels("sometimes")
+    finally:
+        _compile.set_fused_kernels(previous)

@@ -15,8 +15,9 @@ computed in float32 (``log_softmax`` / log-sigmoid forms) and the loss is return
 
 **Speed and memory**: :func:`sigmoid_focal_loss`, :func:`focal_loss` and :func:`asymmetric_loss` run
 fused autograd kernels (:mod:`losskit._kernels`) when the call allows it: autograd then keeps only
-the inputs (no ``(N, C)`` temporaries) and backward recomputes what it needs; large inputs
-(>= 262144 elements) run a ``torch.compile``-d version, compiled on first use. Covered: sigmoid
+the inputs (no ``(N, C)`` temporaries) and backward recomputes what it needs. The kernels are
+``torch.compile``-d on first use and taken for inputs of >= 262144 elements (smaller ones run faster
+through the plain code; ``LOSSKIT_FUSED_KERNELS=always`` takes them at every size). Covered: sigmoid
 focal and asymmetric without ``weight`` / ``mask`` (``normalizer`` and ``pos_weight`` are fine; sigmoid
 focal with ``gamma=0`` and no ``alpha`` is torch's own BCE-with-logits); softmax focal on ``(N, C)``
 logits with class-index targets, any ``alpha`` / ``weight`` / ``ignore_index`` / ``normalizer``, no label
@@ -54,7 +55,7 @@ from ._checks import (
     shape_str,
     value_checks_enabled,
 )
-from ._kernels._compile import fused_kernels_enabled
+from ._kernels._compile import use_fused_kernel
 from ._kernels.asymmetric import asymmetric as _fused_asymmetric
 from ._kernels.asymmetric import asymmetric_supports
 from ._kernels.sigmoid_focal import sigmoid_focal as _fused_sigmoid_focal
@@ -468,7 +469,7 @@ def focal_loss(
                 f"alpha has shape {shape_str(a.shape)}, expected ({input.shape[1]},): one entry per class"
             )
         a = a.to(device=input.device, dtype=cdt)
-    if not prob and input.dim() == 2 and input.numel() > 0 and fused_kernels_enabled():
+    if not prob and input.dim() == 2 and use_fused_kernel(input.numel()):
         coef: torch.Tensor | float = a if w is None else a * w
         tcoef = coef if isinstance(coef, torch.Tensor) else None
         if softmax_focal_supports(input, target, label_smoothing=eps, coef=tcoef, weight=w):
@@ -800,7 +801,7 @@ def sigmoid_focal_loss(
         check_broadcastable("pos_weight", pos_weight, "inputs", inputs)
     # gamma = 0 without alpha is BCE-with-logits itself: torch's native op (bit for bit) is used then
     plain_bce = g == 0.0 and a < 0
-    if weight is None and mask is None and not plain_bce and inputs.numel() > 0 and fused_kernels_enabled():
+    if weight is None and mask is None and not plain_bce and use_fused_kernel(inputs.numel()):
         red = _fused_reduction(reduction, normalizer)
         if sigmoid_focal_supports(inputs, targets, pos_weight, reduction=red):
             out = _fused_sigmoid_focal(inputs, targets, a, g, pos_weight, red)
@@ -923,7 +924,7 @@ def asymmetric_loss(
     gp = _check_gamma(gamma_pos, "gamma_pos")
     m = float(check_number("clip", clip, low=0.0, high=1.0, high_open=True))
     _binary_check(input, target, weight, mask, reduction, normalizer)
-    if weight is None and mask is None and input.numel() > 0 and fused_kernels_enabled():
+    if weight is None and mask is None and use_fused_kernel(input.numel()):
         red = _fused_reduction(reduction, normalizer)
         if asymmetric_supports(input, target, reduction=red):
             out = _fused_asymmetric(input, target, gn, gp, m, red)

@@ -15,9 +15,9 @@ Conventions shared by the logit losses:
 * Speed and memory: :func:`kd_loss` (class axis last: ``(N, C)`` with ``dim=1`` or ``(..., V)`` with
   ``dim=-1``) and :func:`jsd_loss` run fused row kernels (:mod:`losskit._kernels.distill`) on
   contiguous logits of one dtype: autograd keeps the two logit tensors and two float32 numbers per
-  row (the log-normalisers), so backward is one elementwise pass (large inputs run a
-  ``torch.compile``-d version, compiled on first use). Other
-  layouts, mixed dtypes and calls inside an outer ``torch.compile`` use the plain tensor code;
+  row (the log-normalisers; four for the JSD), so backward is one elementwise pass. The kernels are
+  ``torch.compile``-d on first use and taken for inputs of >= 262144 elements (smaller ones run
+  faster through the plain code). Other layouts, mixed dtypes and calls inside an outer ``torch.compile`` use the plain tensor code;
   ``losskit._kernels.fused_kernels(False)`` forces it (e.g. for double backward).
 """
 
@@ -47,7 +47,7 @@ from ._checks import (
     check_tensor,
     shape_str,
 )
-from ._kernels._compile import fused_kernels_enabled
+from ._kernels._compile import use_fused_kernel
 from ._kernels.distill import distill_supports, jsd_rows, kd_rows
 from ._reduction import Normalizer, check_normalizer, reduce_loss, upcast
 from .registry import register
@@ -124,10 +124,11 @@ def _fused_rows_view(
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(R, C)`` views of two logit tensors for the fused row kernels, or None (use the eager code).
 
-    Only when the fused kernels are on, the class axis ``dim`` is the last one, both tensors are
-    contiguous (so the reshape is a view, no copy) and non-empty, and the kernels support the pair.
+    Only when a fused kernel pays at this size (:func:`losskit._kernels.use_fused_kernel`), the class
+    axis ``dim`` is the last one, both tensors are contiguous (so the reshape is a view, no copy) and
+    non-empty, and the kernels support the pair.
     """
-    if not fused_kernels_enabled() or dim != student.dim() - 1 or student.numel() == 0:
+    if not use_fused_kernel(student.numel()) or dim != student.dim() - 1:
         return None
     if not (student.is_contiguous() and teacher.is_contiguous()):
         return None

@@ -41,10 +41,11 @@ target alike. An image whose positions are all ignored contributes the empty-mas
 
 **Speed and memory**: multi-class logits with class-index targets go through the fused kernel
 :func:`losskit._kernels.overlap.class_sums` (no one-hot tensor; backward keeps only the logits and
-indices and recomputes the softmax). For large inputs it is compiled on first use (seconds to a
-minute on a small CPU, then cached; ``LOSSKIT_COMPILE_KERNELS=0`` keeps it eager;
-``LOSSKIT_FUSED_KERNELS=0`` or ``losskit._kernels.fused_kernels(False)`` uses the plain tensor code
-instead). Other modes and dense targets use plain tensor code.
+indices and recomputes the softmax) for inputs of >= 262144 elements, compiled on first use
+(seconds to a minute on a small CPU, then cached); smaller inputs run faster through the plain tensor
+code. ``LOSSKIT_FUSED_KERNELS=0`` or ``losskit._kernels.fused_kernels(False)`` uses the plain code at
+every size, ``LOSSKIT_FUSED_KERNELS=always`` the kernel at every size (uncompiled below the threshold
+or with ``LOSSKIT_COMPILE_KERNELS=0``). Other modes and dense targets use plain tensor code.
 
 **Reduction**: the per-(image, class) losses ``(N, C)`` (``(C,)`` with ``batch_dice``) are what
 ``reduction='none'`` returns; ``'mean'`` averages them (weighted by the per-class ``weight`` when
@@ -87,7 +88,7 @@ from ._checks import (
     shape_str,
     value_checks_enabled,
 )
-from ._kernels._compile import fused_kernels_enabled
+from ._kernels._compile import use_fused_kernel
 from ._kernels.overlap import class_sums, class_sums_supports
 from ._reduction import reduce_loss, upcast
 from .distributed import ddp_normalizer, global_sum, is_initialized
@@ -208,10 +209,9 @@ def _overlap_stats(
     # multi-class logits with class indices: the fused kernel (softmax and sums in one pass, softmax
     # recomputed in backward from the saved logits) whenever it covers the call
     fused = (
-        fused_kernels_enabled()
+        use_fused_kernel(input.numel())
         and mode == "multiclass"
         and from_logits
-        and input.numel() > 0
         and class_sums_supports(input, target)
     )
     if fused:

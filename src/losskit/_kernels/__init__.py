@@ -15,6 +15,7 @@ from ._compile import (
     fused_kernels_enabled,
     set_compile_kernels,
     set_fused_kernels,
+    use_fused_kernel,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "fused_kernels_enabled",
     "set_compile_kernels",
     "set_fused_kernels",
+    "use_fused_kernel",
 ]
