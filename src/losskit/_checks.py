@@ -219,15 +219,18 @@ def check_class_range(
 ) -> None:
     """Class indices in ``[0, num_classes)`` (entries equal to ``ignore_index`` allowed); a value check."""
     if value_checks_enabled() and target.numel() > 0:
-        valid = target if ignore_index is None else target[target != ignore_index]
-        if valid.numel() > 0:
-            lo, hi = int(valid.min()), int(valid.max())
-            if lo < 0 or hi >= num_classes:
-                bad = lo if lo < 0 else hi
-                extra = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
-                raise LossValueError(
-                    f"{name} contains class index {bad}, expected values in [0, {num_classes}){extra}"
-                )
+        # one elementwise pass and one host sync on the happy path (no boolean indexing)
+        out = (target < 0) | (target >= num_classes)
+        if ignore_index is not None:
+            out &= target != ignore_index
+        if bool(out.any()):
+            bad = target[out]
+            lo = int(bad.min())
+            extra = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+            raise LossValueError(
+                f"{name} contains class index {lo if lo < 0 else int(bad.max())}, "
+                f"expected values in [0, {num_classes}){extra}"
+            )
 
 
 def check_prob_target(name: str, target: torch.Tensor, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
