@@ -358,3 +358,17 @@ def test_seeds_are_independent_of_the_other_seeds(tmp_path: Path) -> None:
     alone = runner.run_experiments(["multitask"], _tiny_ctx(tmp_path, (1,)))[0]
     for m, vals in both.methods.items():
         assert vals[1] == alone.methods[m][0], m
+
+
+def test_stdlib_corpus_is_the_same_text_in_every_process() -> None:
+    """The text is read in a fresh interpreter, and visited objects are kept alive while it is read:
+    a freed temporary's id reused by a later object used to drop docstrings at random."""
+    from losskit.lab import data, stdlib_text
+
+    assert stdlib_text.docstrings() == stdlib_text.docstrings()
+    data.stdlib_corpus.cache_clear()
+    first_ids, first_vocab = data.stdlib_corpus(512)
+    data.stdlib_corpus.cache_clear()
+    second_ids, second_vocab = data.stdlib_corpus(512)
+    assert first_vocab == second_vocab and len(first_vocab) == 512
+    assert torch.equal(first_ids, second_ids) and first_ids.numel() > 50_000

@@ -7,11 +7,14 @@ from a seeded generator; the text is the docstrings of standard-library modules.
 from __future__ import annotations
 
 import functools
-import importlib
-import inspect
+import json
+import os
 import re
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -198,19 +201,6 @@ def boxes_images(
     return img.unsqueeze(1), labels, boxes / size
 
 
-_STDLIB_MODULES = (
-    "abc", "argparse", "ast", "asyncio", "base64", "bisect", "calendar", "collections", "configparser",
-    "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "email.message", "enum",
-    "fractions", "functools", "getopt", "gettext", "glob", "gzip", "hashlib", "heapq", "hmac", "html.parser",
-    "http.client", "http.server", "imaplib", "inspect", "io", "ipaddress", "itertools", "json", "locale",
-    "logging", "lzma", "mailbox", "mimetypes", "numbers", "operator", "optparse", "os", "pathlib", "pickle",
-    "pkgutil", "platform", "poplib", "pprint", "queue", "random", "re", "sched", "secrets", "selectors",
-    "shelve", "shlex", "shutil", "smtplib", "socket", "socketserver", "sqlite3", "ssl", "statistics",
-    "string", "struct", "subprocess", "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize",
-    "trace", "traceback", "typing", "unittest", "urllib.parse", "urllib.request", "uuid", "warnings",
-    "weakref", "xml.dom.minidom", "xml.etree.ElementTree", "zipfile", "zoneinfo",
-)  # fmt: skip
-
 _TOKEN = re.compile(r"[a-z]+|[0-9]+|[^\sa-z0-9]")
 
 
@@ -219,16 +209,21 @@ def stdlib_corpus(vocab_size: int = 4096) -> tuple[torch.Tensor, list[str]]:
     """Word-level token ids of the docstrings of ~90 standard-library modules (their classes, functions,
     methods), lower-cased; the ``vocab_size - 1`` most frequent tokens plus ``<unk>`` (id 0).
 
-    The exact text depends on the Python version; the report records it.
+    The docstrings are read by :mod:`losskit.lab.stdlib_text` in a fresh interpreter without
+    site-packages (``python -S -s``, fixed hash seed), so what this process imported before cannot
+    change the text: it depends on the Python build only (the report records the version).
     """
-    docs: list[str] = []
-    seen: set[int] = set()
-    for name in _STDLIB_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except Exception:  # a module missing from a trimmed Python build
-            continue
-        _collect_docs(mod, docs, seen, depth=0)
+    script = Path(__file__).with_name("stdlib_text.py")
+    env = {"PYTHONHASHSEED": "0", "PATH": os.environ.get("PATH", "")}
+    proc = subprocess.run(
+        [sys.executable, "-S", "-s", "-W", "ignore", str(script)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        env=env,
+    )
+    docs: list[str] = json.loads(proc.stdout)
     words = _TOKEN.findall("\n".join(docs).lower())
     counts = Counter(words)
     vocab = ["<unk>"] + [
@@ -237,25 +232,3 @@ def stdlib_corpus(vocab_size: int = 4096) -> tuple[torch.Tensor, list[str]]:
     index = {w: i for i, w in enumerate(vocab)}
     ids = torch.tensor([index.get(w, 0) for w in words], dtype=torch.long)
     return ids, vocab
-
-
-def _collect_docs(obj: object, docs: list[str], seen: set[int], depth: int) -> None:
-    if id(obj) in seen:
-        return
-    seen.add(id(obj))
-    doc = inspect.getdoc(obj)
-    if doc:
-        docs.append(doc)
-    if depth >= 2:
-        return
-    mod_name = getattr(obj, "__name__", "") if inspect.ismodule(obj) else getattr(obj, "__module__", "")
-    for attr in sorted(vars(obj)) if hasattr(obj, "__dict__") else []:
-        if attr.startswith("_"):
-            continue
-        try:
-            member = getattr(obj, attr)
-        except Exception:
-            continue
-        if inspect.isclass(member) or inspect.isfunction(member) or inspect.isbuiltin(member):
-            if getattr(member, "__module__", None) == mod_name or not inspect.ismodule(obj):
-                _collect_docs(member, docs, seen, depth + 1)
