@@ -16,7 +16,7 @@ hyperparameter set and use dynamic shapes, so a new batch size does not recompil
 **When the public losses use a kernel** (:func:`use_fused_kernel`): by default only where it runs
 compiled (input of at least the threshold's size, compilation on). Run eagerly, a kernel still keeps
 nothing but its inputs for backward, but it recomputes in backward with the ordinary temporaries and
-measured 1.2-3.4x slower than the plain reference code on inputs below the threshold (e.g. sigmoid
+measured up to 3.7x slower than the plain reference code on inputs below the threshold (e.g. sigmoid
 focal at 256x1000: 7.7 vs 2.2 ms, 2 threads), so small inputs take the reference code.
 
 Switches:
