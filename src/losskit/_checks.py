@@ -233,11 +233,17 @@ def check_class_range(
             )
 
 
+def value_range(x: torch.Tensor) -> tuple[float, float]:
+    """``(min, max)`` of a non-empty tensor in one pass (NaN if it holds a NaN), detached."""
+    lo, hi = torch.aminmax(x.detach())
+    return float(lo), float(hi)
+
+
 def check_prob_target(name: str, target: torch.Tensor, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
     """Soft/binary target with values in ``[low, high]``."""
     check_floating(name, target)
     if value_checks_enabled() and target.numel() > 0:
-        lo, hi = float(target.min()), float(target.max())
+        lo, hi = value_range(target)
         if lo < low or hi > high or lo != lo or hi != hi:
             raise LossValueError(f"{name} must have values in [{low}, {high}], got range [{lo:g}, {hi:g}]")
     return target

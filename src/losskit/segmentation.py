@@ -87,6 +87,7 @@ from ._checks import (
     check_tensor,
     shape_str,
     value_checks_enabled,
+    value_range,
 )
 from ._kernels._compile import use_fused_kernel
 from ._kernels.overlap import class_sums, class_sums_supports
@@ -155,7 +156,7 @@ def _dense_target(input: torch.Tensor, target: torch.Tensor, dtype: torch.dtype)
         raise LossTypeError(f"target must be real, got dtype {target.dtype}")
     g = target.to(dtype)
     if value_checks_enabled() and g.numel() > 0:
-        lo, hi = float(g.detach().min()), float(g.detach().max())
+        lo, hi = value_range(g)
         if not (lo >= 0.0 and hi <= 1.0):
             raise LossValueError(f"target must have values in [0, 1], got range [{lo:g}, {hi:g}]")
     return g
@@ -220,7 +221,7 @@ def _overlap_stats(
         p = torch.softmax(x, dim=1) if mode == "multiclass" else torch.sigmoid(x)
     else:
         if value_checks_enabled() and x.numel() > 0:
-            lo, hi = float(x.detach().min()), float(x.detach().max())
+            lo, hi = value_range(x)
             if not (lo >= 0.0 and hi <= 1.0):
                 raise LossValueError(
                     f"input must hold probabilities in [0, 1] when from_logits=False, got range "
