@@ -164,9 +164,8 @@ ANGULAR_KW = {"embedding_dim": 3, "num_classes": 3, "scale": 8.0}
 
 def _angular_case(kind: str) -> Case:
     def ref(emb, labels, **kw):
-        centres = _module(kind).weight.detach()
-        margin = _module(kind).margin
-        return LF.angular_margin_loss(emb, centres, labels, 8.0, margin, kind, **kw)
+        module = _module(kind)
+        return LF.angular_margin_loss(emb, module.weight.detach(), labels, 8.0, module.margin, kind, **kw)
 
     return Case(
         lambda d: (_randn(6, 3, seed=33, dtype=d), _balanced_labels(6, 3)),

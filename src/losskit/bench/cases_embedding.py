@@ -95,19 +95,31 @@ def _pml(name: str, **kw: Any) -> Any:
     return None if losses is None else getattr(losses, name)(**kw)
 
 
-def _triplet_variants() -> list[Variant]:
+_TRIPLET_EAGER = {
+    "batch_hard": ("eager (cdist, masked max/min)", eager_batch_hard),
+    "batch_all": ("eager ((B, B, B) broadcast)", eager_batch_all),
+}
+
+
+def _triplet_variants(mining: str) -> list[Variant]:
     LF = _lf()
+    eager_name, eager = _TRIPLET_EAGER[mining]
     out = [
         Variant(
-            "losskit.triplet_loss (batch_hard)",
+            f"losskit.triplet_loss ({mining})",
             "losskit",
-            lambda e, y: LF.triplet_loss(e, y, MARGIN, "batch_hard"),
+            lambda e, y: LF.triplet_loss(e, y, MARGIN, mining),
         ),
-        Variant("eager (cdist, masked max/min)", "eager", eager_batch_hard),
+        Variant(eager_name, "eager", eager),
     ]
     loss = _pml("TripletMarginLoss", margin=MARGIN)
+    if loss is None:
+        return out
+    if mining == "batch_all":
+        out.append(Variant("PML TripletMarginLoss (all triplets)", "peer", lambda e, y: loss(e, y)))
+        return out
     miners = _peer("pytorch_metric_learning.miners")
-    if loss is not None and miners is not None:
+    if miners is not None:
         miner = miners.BatchHardMiner()
         out.append(
             Variant(
@@ -117,22 +129,6 @@ def _triplet_variants() -> list[Variant]:
                 note="PML averages over non-zero triplets",
             )
         )
-    return out
-
-
-def _batch_all_variants() -> list[Variant]:
-    LF = _lf()
-    out = [
-        Variant(
-            "losskit.triplet_loss (batch_all)",
-            "losskit",
-            lambda e, y: LF.triplet_loss(e, y, MARGIN, "batch_all"),
-        ),
-        Variant("eager ((B, B, B) broadcast)", "eager", eager_batch_all),
-    ]
-    loss = _pml("TripletMarginLoss", margin=MARGIN)
-    if loss is not None:
-        out.append(Variant("PML TripletMarginLoss (all triplets)", "peer", lambda e, y: loss(e, y)))
     return out
 
 
@@ -172,14 +168,24 @@ _EMB, _EMB_QUICK = (1024, 128), (32, 8)
 _EMB_SCALING = [(256, 128), (1024, 128), (4096, 128), (1024, 512)]
 _NOTE = "B embeddings of dimension D, B/8 classes"
 
-register_case(Case("triplet", make_labelled, _EMB, _EMB_QUICK, _triplet_variants, _EMB_SCALING, note=_NOTE))
+register_case(
+    Case(
+        "triplet",
+        make_labelled,
+        _EMB,
+        _EMB_QUICK,
+        lambda: _triplet_variants("batch_hard"),
+        _EMB_SCALING,
+        note=_NOTE,
+    )
+)
 register_case(
     Case(
         "triplet_batch_all",
         make_labelled,
         (512, 128),
         _EMB_QUICK,
-        _batch_all_variants,
+        lambda: _triplet_variants("batch_all"),
         [(128, 128), (256, 128), (512, 128)],
         note=_NOTE + "; the eager version holds (B, B, B) tensors",
     )
