@@ -20,6 +20,7 @@ import torch
 __all__ = [
     "LossTypeError",
     "LossValueError",
+    "can_read_values",
     "set_value_checks",
     "value_checks_enabled",
 ]
@@ -48,6 +49,17 @@ def set_value_checks(enabled: bool) -> None:
 def value_checks_enabled() -> bool:
     """True when value checks run (enabled and not inside ``torch.compile`` tracing)."""
     return _VALUE_CHECKS and not torch.compiler.is_compiling()
+
+
+def can_read_values(*tensors: torch.Tensor | None) -> bool:
+    """True when a value check may read these tensors' values.
+
+    False when value checks are off or being traced (:func:`value_checks_enabled`), and for tensors
+    on the ``'meta'`` device, which have shapes but no values (shape and dtype checks still run there).
+    """
+    if not value_checks_enabled():
+        return False
+    return not any(isinstance(t, torch.Tensor) and t.is_meta for t in tensors)
 
 
 def shape_str(shape: Sequence[int] | torch.Size) -> str:
@@ -187,7 +199,7 @@ def check_class_weight(name: str, weight: torch.Tensor | None, num_classes: int)
         raise LossValueError(
             f"{name} has shape {shape_str(weight.shape)}, expected ({num_classes},): one entry per class"
         )
-    if value_checks_enabled() and bool((weight < 0).any()):
+    if can_read_values(weight) and bool((weight < 0).any()):
         raise LossValueError(f"{name} must be non-negative")
     return weight
 
@@ -218,7 +230,7 @@ def check_class_range(
     name: str, target: torch.Tensor, num_classes: int, ignore_index: int | None = None
 ) -> None:
     """Class indices in ``[0, num_classes)`` (entries equal to ``ignore_index`` allowed); a value check."""
-    if value_checks_enabled() and target.numel() > 0:
+    if can_read_values(target) and target.numel() > 0:
         # one elementwise pass and one host sync on the happy path (no boolean indexing)
         out = (target < 0) | (target >= num_classes)
         if ignore_index is not None:
@@ -242,7 +254,7 @@ def value_range(x: torch.Tensor) -> tuple[float, float]:
 def check_prob_target(name: str, target: torch.Tensor, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
     """Soft/binary target with values in ``[low, high]``."""
     check_floating(name, target)
-    if value_checks_enabled() and target.numel() > 0:
+    if can_read_values(target) and target.numel() > 0:
         lo, hi = value_range(target)
         if lo < low or hi > high or lo != lo or hi != hi:
             raise LossValueError(f"{name} must have values in [{low}, {high}], got range [{lo:g}, {hi:g}]")
