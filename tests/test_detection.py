@@ -215,6 +215,123 @@ def test_degenerate_boxes_are_finite(kind):
     torch.testing.assert_close(loss.detach().double()[ok], ref[ok], rtol=1e-5, atol=1e-5)
 
 
+def _ciou_aspect_grad(p, t):
+    """Gradient of CIoU's ``alpha v`` (alpha a constant) w.r.t. both boxes, from the formula.
+
+    ``v = 4/pi^2 (theta_g - theta)^2`` with ``theta = atan2(w, h)`` (``atan(w / h)`` for ``h > 0``, and
+    ``pi/2`` for ``w > 0, h = 0``); ``d theta / dw = h / (w^2 + h^2)``, ``d theta / dh = -w / (w^2 + h^2)``;
+    ``w = x2 - x1``, ``h = y2 - y1``.
+    """
+    (x1, y1, x2, y2), (a1, b1, a2, b2) = p, t
+    w, h, wg, hg = x2 - x1, y2 - y1, a2 - a1, b2 - b1
+    theta, theta_g = math.atan2(w, h), math.atan2(wg, hg)
+    inter = max(0.0, min(x2, a2) - max(x1, a1)) * max(0.0, min(y2, b2) - max(y1, b1))
+    iou = inter / (w * h + wg * hg - inter + 1e-7)
+    v = 4 / math.pi**2 * (theta_g - theta) ** 2
+    alpha = v / (1 - iou + v + 1e-7)
+    k = alpha * 8 / math.pi**2 * (theta_g - theta)  # d(alpha v) / d theta_g; minus that for theta
+    dw, dh = h / (w * w + h * h), -w / (w * w + h * h)
+    dwg, dhg = hg / (wg * wg + hg * hg), -wg / (wg * wg + hg * hg)
+    grad_p = [k * dw, k * dh, -k * dw, -k * dh]
+    grad_t = [-k * dwg, -k * dhg, k * dwg, k * dhg]
+    return torch.tensor(grad_p, dtype=torch.float64), torch.tensor(grad_t, dtype=torch.float64)
+
+
+# a side of one box goes to 0: pred's width, pred's height, target's width
+SHRINKING = {
+    "pred_width": lambda s: ([2.0, 0.0, 2.0 + s, 1.0], [0.0, 0.0, 1.0, 1.0]),
+    "pred_height": lambda s: ([0.0, 2.0, 1.0, 2.0 + s], [0.0, 0.0, 1.0, 1.0]),
+    "target_width": lambda s: ([0.0, 0.0, 1.0, 2.0], [3.0, 0.0, 3.0 + s, 1.0]),
+    "overlapping": lambda s: ([0.5, 0.0, 0.5 + s, 1.0], [0.0, 0.0, 1.0, 2.0]),
+}
+
+
+@pytest.mark.parametrize("side", [0.0, 1e-9, 1e-3, 0.5])
+@pytest.mark.parametrize("case", sorted(SHRINKING))
+def test_ciou_aspect_gradient_is_continuous_as_a_side_goes_to_zero(case, side):
+    p0, t0 = SHRINKING[case](side)
+    p = torch.tensor([p0], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([t0], dtype=torch.float64, requires_grad=True)
+    aspect = LF.box_iou_loss(p, t, "ciou", reduction="sum") - LF.box_iou_loss(p, t, "diou", reduction="sum")
+    gp, gt = torch.autograd.grad(aspect, (p, t))
+    ep, et = _ciou_aspect_grad(p0, t0)
+    torch.testing.assert_close(gp[0], ep, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(gt[0], et, rtol=1e-6, atol=1e-9)
+    if case == "pred_width" and side == 0.0:  # the figures of the zero-width example: +-2 alpha / pi
+        torch.testing.assert_close(
+            gp[0, [0, 2]], torch.tensor([0.2, -0.2], dtype=torch.float64) * 2 / math.pi
+        )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradient_of_a_box_against_a_zero_area_target_is_bounded(kind):
+    """A target with zero width has no overlap with anything: IoU is 0 for every pred, so its gradient
+    is 0 (not ~1 / union, which grows without bound as the pred's width goes to 0)."""
+    t = torch.tensor([[0.0, 0.0, 0.0, 2.0]], dtype=torch.float64)
+    grads = []
+    for w in (1e-3, 1e-6, 0.0):
+        p = torch.tensor([[0.0, 0.0, w, 1.0]], dtype=torch.float64, requires_grad=True)
+        (g,) = torch.autograd.grad(LF.box_iou_loss(p, t, kind), p)
+        grads.append(g)
+    if kind == "iou":
+        for g in grads:
+            assert float(g.abs().max()) == 0.0
+    elif kind != "giou":  # GIoU's (|C| - |A u B|) / |C| itself has a slope ~1 / w there (geometry)
+        for g in grads:
+            assert float(g.abs().max()) < 10.0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("fmt", "bad", "what"),
+    [
+        ("xyxy", [2.0, 0.0, 0.0, 2.0], r"x2 < x1"),
+        ("xyxy", [0.0, 2.0, 2.0, 0.0], r"y2 < y1"),
+        ("xywh", [0.0, 0.0, -1.0, 2.0], r"a negative width"),
+        ("cxcywh", [0.0, 0.0, 2.0, -1.0], r"a negative height"),
+    ],
+)
+def test_inverted_boxes_are_an_error(kind, fmt, bad, what):
+    good = torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 2.0, 2.0]])
+    inverted = torch.tensor([[1.0, 1.0, 2.0, 2.0], bad])
+    with pytest.raises(LossValueError, match=rf"pred has a box with {what} at index \(1,\): \[.*\]; '{fmt}'"):
+        LF.box_iou_loss(inverted, good, kind, fmt)
+    with pytest.raises(LossValueError, match=rf"target has a box with {what} at index \(1,\)"):
+        losskit.BoxIoULoss(kind, fmt)(good, inverted)
+    # masked-out boxes may hold anything
+    LF.box_iou_loss(inverted, good, kind, fmt, mask=torch.tensor([True, False]))
+    # the check reads values: skipped when value checks are off, and on 'meta' tensors
+    losskit.set_value_checks(False)
+    try:
+        LF.box_iou_loss(inverted, good, kind, fmt)
+    finally:
+        losskit.set_value_checks(True)
+    assert LF.box_iou_loss(inverted.to("meta"), good.to("meta"), kind, fmt).is_meta
+
+
+def test_seed_example_of_an_inverted_box_is_an_error():
+    with pytest.raises(
+        LossValueError, match=r"pred has a box with x2 < x1 at index \(0,\): \[2.0, 0.0, 0.0, 2.0\]"
+    ):
+        LF.box_iou_loss(torch.tensor([[2.0, 0, 0, 2]]), torch.tensor([[0.0, 0, 2, 2]]), kind="giou")
+
+
+def test_detection_checks_the_boxes_of_positive_anchors_only():
+    logits, labels, bp, bt = det_data()
+    labels = torch.full_like(labels, 3)  # background
+    labels[0, 0] = 1
+    bp = bp.clone()
+    bp[1, 2] = torch.tensor([5.0, 5.0, 1.0, 1.0])  # inverted, on a background anchor: ignored
+    for box_loss in ("giou", "diou", "ciou"):
+        assert torch.isfinite(LF.detection_loss(logits, labels, bp, bt, box_loss=box_loss))
+    bp[0, 0] = torch.tensor([5.0, 5.0, 1.0, 1.0])
+    for box_loss in ("giou", "diou", "ciou"):
+        with pytest.raises(LossValueError, match=r"box_preds has a box with x2 < x1 at index \(0, 0\)"):
+            LF.detection_loss(logits, labels, bp, bt, box_loss=box_loss)
+    # regression targets for smooth L1 are offsets, not boxes: any sign
+    assert torch.isfinite(LF.detection_loss(logits, labels, bp, bt, box_loss="smooth_l1"))
+
+
 def test_empty_box_input():
     p = torch.zeros(0, 4, requires_grad=True)
     for kind in KINDS:

@@ -16,6 +16,7 @@ from torch import nn
 
 from ._checks import (
     LossValueError,
+    can_read_values,
     check_broadcastable,
     check_choice,
     check_class_target,
@@ -29,7 +30,6 @@ from ._checks import (
     check_same_shape,
     check_tensor,
     shape_str,
-    value_checks_enabled,
 )
 from ._reduction import Normalizer, check_normalizer, reduce_loss, upcast
 from .classification import focal_loss, sigmoid_focal_loss
@@ -62,12 +62,26 @@ def _corners(boxes: torch.Tensor, box_format: str) -> tuple[torch.Tensor, ...]:
     return a - 0.5 * c, b - 0.5 * d, a + 0.5 * c, b + 0.5 * d
 
 
+def _aspect_angle(w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """CIoU's aspect angle ``atan(w / h)`` of boxes with sides ``w, h >= 0``, as ``atan2(w, h)``.
+
+    Exact, with the exact gradient, when one side is 0 (``atan(w / h)`` gives a NaN gradient at
+    ``h = 0``; clamping the sides at ``eps`` would zero the gradient of the side that is 0). A point
+    box (both sides 0), where the angle has no limit, counts as a square: ``pi / 4``, no gradient.
+    """
+    point = (w == 0) & (h == 0)
+    one = torch.ones_like(w)
+    return torch.atan2(torch.where(point, one, w), torch.where(point, one, h))
+
+
 def _box_iou_elementwise(pred: torch.Tensor, target: torch.Tensor, kind: str, box_format: str, eps: float):
     x1, y1, x2, y2 = _corners(pred, box_format)
     x1g, y1g, x2g, y2g = _corners(target, box_format)
-    inter = (torch.minimum(x2, x2g) - torch.maximum(x1, x1g)).clamp_min(0) * (
+    # relu, not clamp_min(0): an overlap of width exactly 0 gets no gradient (clamp_min passes one
+    # there, ~1 / union, unbounded when the union also goes to 0)
+    inter = torch.relu(torch.minimum(x2, x2g) - torch.maximum(x1, x1g)) * torch.relu(
         torch.minimum(y2, y2g) - torch.maximum(y1, y1g)
-    ).clamp_min(0)
+    )
     union = (x2 - x1) * (y2 - y1) + (x2g - x1g) * (y2g - y1g) - inter
     iou = inter / (union + eps)
     loss = 1.0 - iou
@@ -83,11 +97,7 @@ def _box_iou_elementwise(pred: torch.Tensor, target: torch.Tensor, kind: str, bo
     loss = loss + centre / (cw * cw + ch * ch + eps)
     if kind == "diou":
         return loss
-    # aspect-ratio term; atan2 of clamped sides = atan(w / h) for proper boxes, and stays finite
-    # (with finite gradients) when a side is 0, where atan(w / h) gives NaN gradients
-    w, h = (x2 - x1).clamp_min(eps), (y2 - y1).clamp_min(eps)
-    wg, hg = (x2g - x1g).clamp_min(eps), (y2g - y1g).clamp_min(eps)
-    v = (4.0 / math.pi**2) * (torch.atan2(wg, hg) - torch.atan2(w, h)) ** 2
+    v = (4.0 / math.pi**2) * (_aspect_angle(x2g - x1g, y2g - y1g) - _aspect_angle(x2 - x1, y2 - y1)) ** 2
     with torch.no_grad():
         alpha = v / (1.0 - iou + v + eps)
     return loss + alpha * v
@@ -118,10 +128,19 @@ def box_iou_loss(
     box's diagonal, ``v = 4/pi^2 (atan(w_gt/h_gt) - atan(w/h))^2`` and ``alpha = v / (1 - IoU + v)``
     treated as a constant (computed under ``no_grad``), all with ``eps`` where torchvision puts it:
     same values as ``torchvision.ops.generalized_box_iou_loss``, ``distance_box_iou_loss`` and
-    ``complete_box_iou_loss`` on proper boxes. Differences: boxes may have a zero width or height
-    (the aspect-ratio angle uses ``atan2`` of sides clamped at ``eps``, so values and gradients stay
-    finite where torchvision's ``atan(w / h)`` gives NaN); the default reduction is ``'mean'``
-    (torchvision: ``'none'``); ``'mean'`` over no boxes is a graph-connected zero.
+    ``complete_box_iou_loss`` on proper boxes. Differences: boxes may have a zero width or height:
+    the aspect-ratio angle is ``atan2(w, h)``, exact with its exact gradient when one side is 0 (the
+    gradient is continuous as a side goes to 0, where torchvision's ``atan(w / h)`` gives NaN); a
+    point box (both sides 0) counts as a square (angle ``pi / 4``, no gradient through it); an overlap
+    of width exactly 0 gets no gradient. The default reduction is ``'mean'`` (torchvision:
+    ``'none'``); ``'mean'`` over no boxes is a graph-connected zero.
+
+    Boxes must not be inverted: ``x1 <= x2`` and ``y1 <= y2`` (``'xyxy'``), ``w, h >= 0`` (the other
+    formats). With value checks on (the default, :func:`losskit.set_value_checks`) an inverted box
+    whose ``mask`` is True raises a :class:`~losskit.LossValueError` naming the argument and the box;
+    with them off (or on ``'meta'`` tensors) the values for inverted boxes are unspecified. Where both
+    boxes are degenerate and the enclosing box has zero area (both on one line), GIoU's
+    ``(|C| - |A \cup B|) / |C|`` is ``0 / eps = 0``, and it jumps to its limit within ``~eps`` of it.
 
     Args:
         pred, target: boxes ``(..., 4)`` in ``box_format``: ``'xyxy'`` (corners), ``'xywh'``
@@ -143,28 +162,74 @@ def box_iou_loss(
         >>> box_iou_loss(pred, target, kind="diou")  # + centre distance^2 / diagonal^2 = 1 / 13
         tensor(0.7436)
     """
+    return _box_iou(
+        pred, target, kind, box_format, eps, reduction, weight, mask, normalizer, ("pred", "target")
+    )
+
+
+def _check_box_sides(name: str, boxes: torch.Tensor, box_format: str, mask: torch.Tensor | None) -> None:
+    """Boxes must not be inverted: ``x1 <= x2, y1 <= y2`` (``'xyxy'``) or ``w, h >= 0``; a value check.
+
+    Rows where ``mask`` is False are not checked (they may hold anything).
+    """
+    if boxes.numel() == 0 or not can_read_values(boxes, mask):
+        return
+    if box_format == "xyxy":
+        width, height = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+        sides = ("x2 < x1", "y2 < y1", "x1 <= x2 and y1 <= y2")
+    else:
+        width, height = boxes[..., 2], boxes[..., 3]
+        sides = ("a negative width", "a negative height", "w >= 0 and h >= 0")
+    bad = (width < 0) | (height < 0)
+    if mask is not None:
+        bad = bad & mask
+    if bool(bad.any()):
+        index = tuple(int(i) for i in bad.nonzero()[0])
+        what = sides[0] if bool(width[index] < 0) else sides[1]
+        raise LossValueError(
+            f"{name} has a box with {what} at index {index}: {boxes[index].tolist()}; "
+            f"{box_format!r} boxes need {sides[2]}"
+        )
+
+
+def _box_iou(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    kind: str,
+    box_format: str,
+    eps: float,
+    reduction: str,
+    weight: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    normalizer: Normalizer,
+    names: tuple[str, str],
+) -> torch.Tensor:
+    """:func:`box_iou_loss` with its error messages naming the boxes ``names``."""
+    pn, tn = names
     check_reduction(reduction)
     check_normalizer(normalizer, reduction)
     check_choice("kind", kind, IOU_KINDS)
     check_choice("box_format", box_format, BOX_FORMATS)
     check_number("eps", eps, low=0.0, low_open=True)
-    check_floating("pred", pred)
-    check_floating("target", target)
-    check_same_device(("pred", pred), ("target", target))
+    check_floating(pn, pred)
+    check_floating(tn, target)
+    check_same_device((pn, pred), (tn, target), ("weight", weight), ("mask", mask))
     if pred.dim() == 0 or pred.shape[-1] != 4:
-        raise LossValueError(f"pred has shape {shape_str(pred.shape)}, expected (..., 4): one box per row")
-    check_same_shape("target", target, "pred", pred)
+        raise LossValueError(f"{pn} has shape {shape_str(pred.shape)}, expected (..., 4): one box per row")
+    check_same_shape(tn, target, pn, pred)
     if weight is not None:
-        check_tensor("weight", weight)
-        check_broadcastable("weight", weight, "pred's boxes", pred[..., 0])
+        check_floating("weight", weight)
+        check_broadcastable("weight", weight, f"{pn}'s boxes", pred[..., 0])
     if mask is not None:
         check_tensor("mask", mask)
         if mask.dtype != torch.bool:
             raise LossValueError(f"mask must be a bool tensor (True = counts), got dtype {mask.dtype}")
-        check_broadcastable("mask", mask, "pred's boxes", pred[..., 0])
+        check_broadcastable("mask", mask, f"{pn}'s boxes", pred[..., 0])
+    _check_box_sides(pn, pred, box_format, mask)
+    _check_box_sides(tn, target, box_format, mask)
     p, t = upcast(pred), upcast(target)
     loss = _box_iou_elementwise(p, t, kind, box_format, float(eps))
-    w = None if weight is None else weight.to(device=loss.device, dtype=loss.dtype)
+    w = None if weight is None else weight.to(dtype=loss.dtype)
     return reduce_loss(loss, reduction, weight=w, mask=mask, normalizer=normalizer)
 
 
@@ -284,7 +349,9 @@ def _detection_terms(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     check_floating("cls_logits", cls_logits)
     check_integer("labels", labels)
-    check_same_device(("cls_logits", cls_logits), ("labels", labels), ("box_preds", box_preds))
+    check_same_device(
+        ("cls_logits", cls_logits), ("labels", labels), ("box_preds", box_preds), ("box_targets", box_targets)
+    )
     if cls_logits.dim() < 2:
         raise LossValueError(
             f"cls_logits must be (..., C) with one logit per class, got shape {shape_str(cls_logits.shape)}"
@@ -300,13 +367,14 @@ def _detection_terms(
             f"to match cls_logits of shape {shape_str(cls_logits.shape)}"
         )
     check_floating("box_preds", box_preds)
+    check_floating("box_targets", box_targets)
     if tuple(box_preds.shape) != (*labels.shape, 4):
         raise LossValueError(
             f"box_preds has shape {shape_str(box_preds.shape)}, expected {shape_str((*labels.shape, 4))}"
         )
     check_same_shape("box_targets", box_targets, "box_preds", box_preds)
     check_normalizer(normalizer, "mean")
-    if value_checks_enabled() and labels.numel() > 0:
+    if labels.numel() > 0 and can_read_values(labels):
         bad = (labels != ignore_index) & ((labels < 0) | (labels > c))
         if bool(bad.any()):
             value = int(labels[bad][0])
@@ -336,8 +404,17 @@ def _detection_terms(
             box_preds, box_targets, b, mask=positive.unsqueeze(-1), reduction="mean", normalizer=norm
         )
     else:
-        box = box_iou_loss(
-            box_preds, box_targets, box_loss, box_format, mask=positive, reduction="mean", normalizer=norm
+        box = _box_iou(
+            box_preds,
+            box_targets,
+            box_loss,
+            box_format,
+            1e-7,
+            "mean",
+            None,
+            positive,
+            norm,
+            ("box_preds", "box_targets"),
         )
     return cls, box
 
