@@ -1199,3 +1199,60 @@ def test_from_targets_respects_ignore_index_and_normalizer_for_focal():
         LF.sigmoid_focal_loss(xf, (xf > 0).float(), reduction="mean", normalizer=torch.tensor(4.0)),
         LF.sigmoid_focal_loss(xf, (xf > 0).float(), reduction="sum") / 4,
     )
+
+
+# ---------------------------------------------------------------- argument names and devices in errors
+
+
+def test_cross_entropy_probability_targets_accept_any_ignore_index():
+    # ignore_index selects class-index entries; probability targets have none, so it has no effect
+    x = torch.randn(4, 3, dtype=torch.float64)
+    q = torch.softmax(torch.randn(4, 3, dtype=torch.float64), 1)
+    want = -(q * torch.log_softmax(x, 1)).sum(1).mean()
+    for ignore_index in (0, 2, -100):
+        torch.testing.assert_close(LF.cross_entropy_loss(x, q, ignore_index=ignore_index), want)
+        torch.testing.assert_close(losskit.CrossEntropyLoss(ignore_index=ignore_index)(x, q), want)
+
+
+def test_weighted_cross_entropy_errors_name_weights():
+    with pytest.raises(LossValueError, match=r"^weights must be non-negative"):
+        losskit.WeightedCrossEntropyLoss(weights=torch.tensor([1.0, -1.0]))
+    with pytest.raises(LossValueError, match=r"^weights must be a 1-D"):
+        losskit.WeightedCrossEntropyLoss(weights=torch.ones(2, 2))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x, t: LF.cross_entropy_loss(x, t),
+        lambda x, t: LF.focal_loss(x, t),
+        lambda x, t: LF.poly1_cross_entropy_loss(x, t),
+        lambda x, t: LF.multiclass_hinge_loss(x, t),
+    ],
+)
+def test_multiclass_losses_name_the_argument_on_another_device(call):
+    x, t = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(LossValueError, match=r"target is on meta, expected cpu like input"):
+        call(x, t.to("meta"))
+    with pytest.raises(LossValueError, match=r"target is on cpu, expected meta like input"):
+        call(x.to("meta"), t)
+    assert call(x.to("meta"), t.to("meta")).is_meta  # value checks skip meta tensors
+
+
+def test_class_weight_on_another_device_is_named():
+    x, t = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(LossValueError, match=r"weight is on meta, expected cpu like input"):
+        LF.cross_entropy_loss(x, t, weight=torch.ones(3, device="meta"))
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [lambda x, t, **k: LF.sigmoid_focal_loss(x, t, **k), lambda x, t, **k: LF.asymmetric_loss(x, t, **k)],
+)
+def test_binary_losses_name_the_argument_on_another_device(fn):
+    x, t = torch.randn(4, 3), torch.ones(4, 3)
+    with pytest.raises(LossValueError, match=r"on meta, expected cpu like input"):
+        fn(x, t.to("meta"))
+    with pytest.raises(LossValueError, match=r"weight is on meta"):
+        fn(x, t, weight=torch.ones(4, 3, device="meta"))
+    assert fn(x.to("meta"), t.to("meta")).is_meta

@@ -40,6 +40,7 @@ from torch import nn
 from ._checks import (
     LossTypeError,
     LossValueError,
+    can_read_values,
     check_broadcastable,
     check_choice,
     check_class_target,
@@ -51,6 +52,7 @@ from ._checks import (
     check_number,
     check_prob_target,
     check_reduction,
+    check_same_device,
     check_tensor,
     shape_str,
     value_checks_enabled,
@@ -128,6 +130,7 @@ def _multiclass_target(input: torch.Tensor, target: torch.Tensor, ignore_index: 
     check_floating("input", input)
     check_min_ndim("input", input, 2, "(N, C) or (N, C, d1, ...) with classes on dim 1")
     check_tensor("target", target)
+    check_same_device(("input", input), ("target", target))
     check_int("ignore_index", ignore_index)
     if target.is_floating_point():
         if target.shape != input.shape:
@@ -148,8 +151,9 @@ def _prepare_weight(
     if weight is None:
         return None
     check_tensor(name, weight)
+    check_same_device(("input", input), (name, weight))
     check_class_weight(name, weight, input.shape[1])
-    return weight.to(device=input.device, dtype=dtype)
+    return weight.to(dtype=dtype)
 
 
 def _pow_modulator(base: torch.Tensor, gamma: float) -> torch.Tensor | None:
@@ -288,7 +292,8 @@ def cross_entropy_loss(
     x = upcast(input)
     w = _prepare_weight("weight", weight, input, x.dtype)
     t = target.to(x.dtype) if prob else target
-    loss = _cross_entropy_math(x, t, w, ignore_index, eps)
+    # ignore_index picks out class-index entries; probability targets have none (torch rejects it there)
+    loss = _cross_entropy_math(x, t, w, -100 if prob else ignore_index, eps)
     if prob:
         return _reduce(loss, reduction, normalizer=normalizer)
     mask = target != ignore_index
@@ -298,6 +303,19 @@ def cross_entropy_loss(
     return _reduce(loss, reduction, mask=mask, denom=denom, normalizer=normalizer)
 
 
+def _class_option(name: str, value: torch.Tensor | Sequence[float] | None) -> torch.Tensor | None:
+    """A per-class constructor option: ``None`` or a 1-D non-negative floating tensor."""
+    if value is not None and not isinstance(value, torch.Tensor):
+        value = torch.tensor([float(v) for v in value])
+    if value is not None:
+        check_floating(name, value)
+        if value.dim() != 1:
+            raise LossValueError(f"{name} must be a 1-D per-class tensor, got shape {shape_str(value.shape)}")
+        if can_read_values(value) and bool((value < 0).any()):
+            raise LossValueError(f"{name} must be non-negative")
+    return value
+
+
 class _ClassificationLoss(nn.Module):
     """Base: stores ``reduction`` and optional tensor options as buffers."""
 
@@ -305,18 +323,11 @@ class _ClassificationLoss(nn.Module):
         super().__init__()
         self.reduction = check_reduction(reduction)
 
-    def _class_buffer(self, name: str, value: torch.Tensor | Sequence[float] | None) -> None:
-        if value is not None and not isinstance(value, torch.Tensor):
-            value = torch.tensor([float(v) for v in value])
-        if value is not None:
-            check_floating(name, value)
-            if value.dim() != 1:
-                raise LossValueError(
-                    f"{name} must be a 1-D per-class tensor, got shape {shape_str(value.shape)}"
-                )
-            if value_checks_enabled() and bool((value < 0).any()):
-                raise LossValueError(f"{name} must be non-negative")
-        self.register_buffer(name, value)
+    def _class_buffer(
+        self, name: str, value: torch.Tensor | Sequence[float] | None, arg_name: str | None = None
+    ) -> None:
+        """Register a per-class option as buffer ``name``; errors name ``arg_name`` (the user's argument)."""
+        self.register_buffer(name, _class_option(arg_name or name, value))
 
 
 class CrossEntropyLoss(_ClassificationLoss):
@@ -689,6 +700,7 @@ def _binary_check(
     check_normalizer(normalizer, reduction)
     check_floating(input_name, input)
     check_tensor(target_name, target)
+    check_same_device((input_name, input), (target_name, target), ("weight", weight), ("mask", mask))
     if not (target.is_floating_point() or target.dtype == torch.bool):
         raise LossTypeError(
             f"{target_name} must be a floating-point (or bool) tensor of 0/1 or soft labels in [0, 1], "
@@ -798,6 +810,7 @@ def sigmoid_focal_loss(
     _binary_check(inputs, targets, weight, mask, reduction, normalizer, "inputs", "targets")
     if pos_weight is not None:
         check_floating("pos_weight", pos_weight)
+        check_same_device(("inputs", inputs), ("pos_weight", pos_weight))
         check_broadcastable("pos_weight", pos_weight, "inputs", inputs)
     # gamma = 0 without alpha is BCE-with-logits itself: torch's native op (bit for bit) is used then
     plain_bce = g == 0.0 and a < 0
@@ -1212,7 +1225,7 @@ class WeightedCrossEntropyLoss(CrossEntropyLoss):
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__(weights, ignore_index, reduction, label_smoothing)
+        super().__init__(_class_option("weights", weights), ignore_index, reduction, label_smoothing)
 
     @property
     def weights(self) -> torch.Tensor | None:
@@ -1221,7 +1234,7 @@ class WeightedCrossEntropyLoss(CrossEntropyLoss):
 
     @weights.setter
     def weights(self, value: torch.Tensor | Sequence[float] | None) -> None:
-        self._class_buffer("weight", value)
+        self._class_buffer("weight", value, "weights")
 
     @classmethod
     def from_targets(

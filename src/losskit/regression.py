@@ -20,6 +20,7 @@ from ._checks import (
     check_floating,
     check_number,
     check_reduction,
+    check_same_device,
     check_same_shape,
     check_tensor,
     shape_str,
@@ -55,6 +56,7 @@ def _prepare(
     check_floating("input", input)
     check_floating("target", target)
     check_same_shape("target", target, "input", input)
+    check_same_device(("input", input), ("target", target), ("weight", weight), ("mask", mask))
     if weight is not None:
         check_tensor("weight", weight)
         check_broadcastable("weight", weight, "input", input)
