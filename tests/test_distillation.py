@@ -24,6 +24,7 @@ from harness import (
     extreme_logits,
 )
 from losskit import LossTypeError, LossValueError
+from losskit._kernels import fused_kernels
 
 # ---------------------------------------------------------------- independent float64 references (loops)
 
@@ -720,3 +721,71 @@ def test_teacher_with_minus_inf_logits():
     ref = ref_kd(s2.detach().double(), t2.double(), 1.0)
     torch.testing.assert_close(LF.kd_loss(s2, t2, 1.0).double(), ref)
     assert_finite_with_grads(LF.kd_loss(s2, t2, 1.0), s2)
+
+
+# ---------------------------------------------------------------- half inputs mean the float32 values
+
+
+def ref_log_softmax(z, T):
+    """log softmax(z / T) of a 1-D tensor: z / T - logsumexp (finite where the softmax underflows)."""
+    z = z / T
+    return z - torch.logsumexp(z, 0)
+
+
+def ref_kl_log(lp, lq):
+    """KL(p || q) from log-probabilities: sum_c p_c (log p_c - log q_c), terms with p_c == 0 dropped."""
+    return sum(lp[c].exp() * (lp[c] - lq[c]) for c in range(lp.numel()) if float(lp[c].detach().exp()) > 0)
+
+
+def ref_log_space_losses(s, t, y, T, alpha=0.1):
+    """Per-row KD, JSD_beta (beta 0, 0.5, 1), DKD and the seed objective in float64 log-space (loops),
+    so logits ~1e5 apart (where a probability underflows to 0) have a finite reference."""
+    out = {"kd": 0.0, "jsd0": 0.0, "jsd": 0.0, "jsd1": 0.0, "dkd": 0.0, "ce": 0.0}
+    n = s.shape[0]
+    for i in range(n):
+        ls, lt = ref_log_softmax(s[i], T), ref_log_softmax(t[i], T)
+        out["kd"] = out["kd"] + T * T * ref_kl_log(lt, ls) / n
+        out["jsd0"] = out["jsd0"] + ref_kl_log(lt, ls) / n
+        out["jsd1"] = out["jsd1"] + ref_kl_log(ls, lt) / n
+        lm = torch.logaddexp(lt + math.log(0.5), ls + math.log(0.5))
+        out["jsd"] = out["jsd"] + (0.5 * ref_kl_log(lt, lm) + 0.5 * ref_kl_log(ls, lm)) / n
+        k = int(y[i])
+        others = [c for c in range(s.shape[1]) if c != k]
+        bin_s = torch.stack([ls[k], torch.logsumexp(ls[others], 0)])
+        bin_t = torch.stack([lt[k], torch.logsumexp(lt[others], 0)])
+        nckd = ref_kl_log(ref_log_softmax(t[i][others], T), ref_log_softmax(s[i][others], T))
+        out["dkd"] = out["dkd"] + T * T * (ref_kl_log(bin_t, bin_s) + 8.0 * nckd) / n
+        out["ce"] = out["ce"] - ref_log_softmax(s[i], 1.0)[k] / n
+    out["distillation"] = alpha * out["kd"] + (1 - alpha) * out.pop("ce")
+    return out
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_logits_at_a_low_temperature_mean_their_float32_values(dtype, fused):
+    """A finite logit far below the others (-1e4) is the same number in fp16 / bf16 and float32: the
+    -inf guard must not move it (it clamped at finfo(fp16).min * T = -6550 in the input's dtype)."""
+    s = torch.tensor([[-10000.0, 0.0, 1.0], [3.0, -10000.0, 10000.0]]).to(dtype)
+    t = torch.tensor([[0.0, 0.0, 1.0], [-10000.0, 2.0, 0.0]]).to(dtype)
+    y = torch.tensor([2, 1])
+    T = 0.1
+    losses = {
+        "kd": lambda s, t: LF.kd_loss(s, t, T),
+        "jsd0": lambda s, t: LF.jsd_loss(s, t, 0.0, T),
+        "jsd": lambda s, t: LF.jsd_loss(s, t, 0.5, T),
+        "jsd1": lambda s, t: LF.jsd_loss(s, t, 1.0, T),
+        "dkd": lambda s, t: LF.dkd_loss(s, t, y, temperature=T),
+        "distillation": lambda s, t: LF.distillation_loss(s, t, y, 0.1, T),
+    }
+    with fused_kernels("always" if fused else False):
+        for name, fn in losses.items():
+            sd, td = s.double().requires_grad_(True), t.double().requires_grad_(True)
+            expected = ref_log_space_losses(sd, td, y, T)[name]
+            e_gs, e_gt = torch.autograd.grad(expected, (sd, td))
+            sh, th = s.clone().requires_grad_(True), t.clone().requires_grad_(True)
+            value = fn(sh, th)
+            gs, gt = torch.autograd.grad(value, (sh, th))
+            torch.testing.assert_close(value.double(), expected.detach(), rtol=1e-5, atol=1e-6, msg=name)
+            for g, e in ((gs, e_gs), (gt, e_gt)):
+                tol = 2 * torch.finfo(dtype).eps * float(e.abs().max()) + 1e-6
+                assert float((g.double() - e).abs().max()) <= tol, name

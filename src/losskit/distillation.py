@@ -84,9 +84,15 @@ def _check_temperature(temperature: Any) -> float:
     return float(check_number("temperature", temperature, low=0.0, low_open=True))
 
 
-def _clamp_neg_inf(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``-inf`` logits -> a finite value that stays finite after division by ``temperature``."""
-    return logits.clamp_min(torch.finfo(logits.dtype).min * min(1.0, temperature))
+def _upcast_finite(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits in the compute dtype (float32 for half inputs), ``-inf`` -> a finite value that stays
+    finite after division by ``temperature``.
+
+    The clamp is applied after the upcast, at the compute dtype's lowest value: clamping in fp16
+    (``finfo(fp16).min * T = -6550`` at ``T = 0.1``) would move finite logits such as ``-1e4``.
+    """
+    x = upcast(logits)
+    return x.clamp_min(torch.finfo(x.dtype).min * min(1.0, temperature))
 
 
 def _log_probs(logits: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
@@ -95,9 +101,10 @@ def _log_probs(logits: torch.Tensor, temperature: float, dim: int) -> torch.Tens
     Logits masked with ``-inf`` (padded or banned classes) are clamped to a very negative finite value
     first, so their log-probabilities stay finite (their probability is still
     exactly 0) and such entries contribute 0 to the divergences with finite gradients instead of NaN.
-    The clamp saves only a reference to the caller's logits for backward (no extra memory).
+    The clamp runs in the compute dtype (see :func:`_upcast_finite`), so half inputs give the float32
+    values of the same (rounded) logits.
     """
-    x = upcast(_clamp_neg_inf(logits, temperature))
+    x = _upcast_finite(logits, temperature)
     if temperature != 1.0:
         x = x / temperature
     return F.log_softmax(x, dim=dim)
@@ -410,7 +417,7 @@ def _binary_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
 def _nontarget_log_probs(logits: torch.Tensor, gt: torch.Tensor, temperature: float) -> torch.Tensor:
     """Log-probabilities renormalised over the non-target classes (target entry: a huge negative)."""
-    x = upcast(_clamp_neg_inf(logits, temperature)) / temperature
+    x = _upcast_finite(logits, temperature) / temperature
     return F.log_softmax(x.masked_fill(gt, torch.finfo(x.dtype).min), dim=1)
 
 
