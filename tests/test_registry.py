@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,44 @@ def test_seed_004_torch_losses_buildable():
         "triplet_margin",
     ):
         assert name in losskit.available()
+    # losskit's forms of torch's losses, still instances of torch's classes
+    assert isinstance(losskit.build("mse"), losskit.MSELoss)
     assert isinstance(losskit.build("mse"), torch.nn.MSELoss)
     x, y = torch.randn(4, 3), torch.randn(4, 3)
     torch.testing.assert_close(losskit.build("mse")(x, y), ((x - y) ** 2).mean())
+
+
+def test_aliases_map_to_registered_names_and_build_the_same_loss():
+    mapping = losskit.aliases()
+    assert {"ce": "cross_entropy", "asl": "asymmetric", "softmax_focal": "focal"}.items() <= mapping.items()
+    names = set(losskit.available())
+    assert not names & set(mapping), "available() lists each loss once, under its registered name"
+    for alias, name in mapping.items():
+        assert name in names
+        assert get_spec(alias) is get_spec(name)
+        assert alias in get_spec(name).aliases
+        if name not in REQUIRED:
+            assert type(losskit.build(alias)) is type(losskit.build(name))
+    assert losskit.aliases("classification") == {
+        a: n for a, n in mapping.items() if get_spec(n).family == "classification"
+    }
+    assert losskit.aliases("no_such_family") == {}
+
+
+def test_catalog_has_an_alias_column():
+    rows = {
+        line.split("|")[1].strip().strip("`"): [c.strip() for c in line.split("|")[1:-1]]
+        for line in catalog_markdown().splitlines()[2:]
+    }
+    header = [c.strip() for c in catalog_markdown().splitlines()[0].split("|")[1:-1]]
+    col = header.index("aliases")
+    assert rows["cross_entropy"][col] == "`ce`"
+    assert rows["jaccard"][col] == "`iou_seg`, `soft_iou`"
+    assert rows["huber"][col] == "-"
+
+
+def test_readme_alias_table_matches_the_registry():
+    text = README.read_text(encoding="utf-8")
+    conventions = text.split("## Conventions", 1)[1].split("\n## ", 1)[0]
+    pairs = dict(re.findall(r"^\| `(\w+)` \| `(\w+)` \|", conventions, flags=re.M))
+    assert pairs == losskit.aliases()

@@ -20,11 +20,13 @@ from .language import *
 from .language import __all__ as _language_all
 from .multitask import *
 from .multitask import __all__ as _multitask_all
-from .registry import WeightedSum, available, build
+from .registry import WeightedSum, aliases, available, build
 from .regression import *
 from .regression import __all__ as _regression_all
 from .segmentation import *
 from .segmentation import __all__ as _segmentation_all
+from .torch_losses import *
+from .torch_losses import __all__ as _torch_losses_all
 
 __version__ = "0.1.0"
 
@@ -32,6 +34,7 @@ __all__ = [
     "LossTypeError",
     "LossValueError",
     "WeightedSum",
+    "aliases",
     "available",
     "build",
     "distributed",
@@ -46,4 +49,5 @@ __all__ = [
     *_multitask_all,
     *_regression_all,
     *_segmentation_all,
+    *_torch_losses_all,
 ]

@@ -17,7 +17,16 @@ from torch import nn
 
 from ._checks import LossTypeError, LossValueError
 
-__all__ = ["LossSpec", "WeightedSum", "available", "build", "catalog_markdown", "get_spec", "register"]
+__all__ = [
+    "LossSpec",
+    "WeightedSum",
+    "aliases",
+    "available",
+    "build",
+    "catalog_markdown",
+    "get_spec",
+    "register",
+]
 
 
 @dataclass(frozen=True)
@@ -58,7 +67,9 @@ def register(
 
 
 def available(family: str | None = None) -> list[str]:
-    """Sorted names accepted by :func:`build` (optionally only one family).
+    """Sorted registered names accepted by :func:`build` (optionally only one family).
+
+    Each loss appears once; the alternative names :func:`build` also accepts are in :func:`aliases`.
 
     Example:
         >>> import losskit
@@ -67,6 +78,26 @@ def available(family: str | None = None) -> list[str]:
     """
     _load_all()
     return sorted(n for n, s in _REGISTRY.items() if family is None or s.family == family)
+
+
+def aliases(family: str | None = None) -> dict[str, str]:
+    """Alternative names :func:`build` accepts, mapped to the registered name they stand for.
+
+    :func:`available` lists each loss once, under its registered name; an alias builds the same module.
+
+    Example:
+        >>> import losskit
+        >>> losskit.aliases()["ce"]
+        'cross_entropy'
+        >>> "ce" in losskit.available()
+        False
+    """
+    _load_all()
+    return {
+        alias: name
+        for alias, name in sorted(_ALIASES.items())
+        if family is None or _REGISTRY[name].family == family
+    }
 
 
 def get_spec(name: str) -> LossSpec:
@@ -192,8 +223,8 @@ def catalog_markdown() -> str:
     """The README catalog table, generated from the registry."""
     _load_all()
     lines = [
-        "| loss | family | functional | module | paper / source | notes |",
-        "|---|---|---|---|---|---|",
+        "| loss | aliases | family | functional | module | paper / source | notes |",
+        "|---|---|---|---|---|---|---|",
     ]
     for spec in sorted(_REGISTRY.values(), key=lambda s: (s.family, s.name)):
         fn = spec.functional
@@ -206,8 +237,10 @@ def catalog_markdown() -> str:
         mod_obj = spec.module
         mname = getattr(mod_obj, "__qualname__", getattr(mod_obj, "__name__", str(mod_obj)))
         mprefix = "losskit." if getattr(mod_obj, "__module__", "").startswith("losskit") else "torch.nn."
+        alias = ", ".join(f"`{a}`" for a in sorted(spec.aliases)) or "-"
         lines.append(
-            f"| `{spec.name}` | {spec.family} | {fname} | `{mprefix}{mname}` | {spec.source} | {spec.notes} |"
+            f"| `{spec.name}` | {alias} | {spec.family} | {fname} | `{mprefix}{mname}` | {spec.source} "
+            f"| {spec.notes} |"
         )
     return "\n".join(lines)
 
