@@ -789,3 +789,82 @@ def test_half_logits_at_a_low_temperature_mean_their_float32_values(dtype, fused
             for g, e in ((gs, e_gs), (gt, e_gt)):
                 tol = 2 * torch.finfo(dtype).eps * float(e.abs().max()) + 1e-6
                 assert float((g.double() - e).abs().max()) <= tol, name
+
+
+# ---------------------------------------------------------------- devices and dtypes: errors name the argument
+
+
+def _distill_calls():
+    """(function, its tensor arguments by name, keywords) for every tensor-taking function of the module."""
+    s, t, y = _logits((4, 5), 70), _logits((4, 5), 71), _labels(4, 5, 70)
+    return [
+        (LF.kd_loss, {"student_logits": s, "teacher_logits": t}, {}),
+        (LF.distillation_loss, {"student_logits": s, "teacher_logits": t, "target": y}, {}),
+        (LF.dkd_loss, {"student_logits": s, "teacher_logits": t, "target": y}, {}),
+        (LF.jsd_loss, {"student_logits": s, "teacher_logits": t, "target": y}, {}),
+        (LF.feature_distillation_loss, {"student_feat": s, "teacher_feat": t}, {}),
+        (LF.feature_distillation_loss, {"student_feat": s, "teacher_feat": t}, {"kind": "cosine"}),
+    ]
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_an_argument_on_another_device_is_a_clear_error(index):
+    fn, tensors, kw = _distill_calls()[index]
+    names = list(tensors)
+    for moved in names:
+        args = {n: (v.to("meta") if n == moved else v) for n, v in tensors.items()}
+        first = names[0] if moved != names[0] else names[1]
+        expected = (
+            rf"{moved} is on meta, expected cpu like {first}"
+            if moved != names[0]
+            else rf"{first} is on cpu, expected meta like {moved}"
+        )
+        with pytest.raises(LossValueError, match=expected):
+            fn(**args, **kw)
+    # everything on 'meta': shape checks run, value checks skip, the result is a 'meta' scalar
+    out = fn(**{n: v.to("meta") for n, v in tensors.items()}, **kw)
+    assert out.is_meta and out.dim() == 0
+
+
+def test_kd_with_the_student_on_meta_names_the_argument():
+    s, t = _logits((4, 5), 72), _logits((4, 5), 73)
+    with pytest.raises(LossValueError, match="teacher_logits is on cpu, expected meta like student_logits"):
+        LF.kd_loss(s.to("meta"), t)
+
+
+def test_feature_projector_on_another_device_is_a_clear_error():
+    proj = losskit.FeatureDistillationLoss(5, 3)
+    s, t = _logits((4, 5), 74), _logits((4, 3), 75)
+    with pytest.raises(
+        LossValueError, match="student_feat is on meta, expected cpu like the projector's weight"
+    ):
+        proj(s.to("meta"), t.to("meta"))
+    assert proj.to("meta")(s.to("meta"), t.to("meta")).is_meta
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_a_complex_argument_is_a_type_error_naming_it(index):
+    fn, tensors, kw = _distill_calls()[index]
+    for name, value in tensors.items():
+        if not value.is_floating_point():
+            continue
+        args = {n: (v.to(torch.complex64) if n == name else v) for n, v in tensors.items()}
+        with pytest.raises(
+            LossTypeError, match=rf"{name} must be a floating-point tensor, got dtype torch.complex64"
+        ):
+            fn(**args, **kw)
+    y = tensors.get("target")
+    if y is not None:
+        args = {**tensors, "target": y.to(torch.complex64)}
+        with pytest.raises(LossTypeError, match="target must be an integer tensor"):
+            fn(**args, **kw)
+
+
+def test_distillation_step_names_its_own_arguments():
+    student, teacher = nn.Linear(4, 3), nn.Linear(4, 3)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    x, y = torch.randn(2, 4), torch.tensor([0, 1])
+    with pytest.raises(LossValueError, match="T must be > 0.0, got 0"):
+        losskit.distillation_step(student, teacher, x, y, opt, T=0)
+    with pytest.raises(LossValueError, match="alpha must be <= 1.0, got 2"):
+        losskit.distillation_step(student, teacher, x, y, opt, alpha=2)

@@ -43,6 +43,7 @@ from ._checks import (
     check_ndim,
     check_number,
     check_reduction,
+    check_same_device,
     check_same_shape,
     check_tensor,
     shape_str,
@@ -73,9 +74,13 @@ _ROW_REDUCTIONS = ("batchmean", "mean", "sum", "none")
 # ----------------------------------------------------------------------------- shared pieces
 
 
-def _check_logit_pair(student: Any, teacher: Any, min_ndim: int = 2) -> None:
+def _check_logit_pair(
+    student: Any, teacher: Any, min_ndim: int = 2, target: torch.Tensor | None = None
+) -> None:
+    """Student and teacher logits (and the optional ``target``) on one device, logits floating and of one shape."""
     check_floating("student_logits", student)
     check_floating("teacher_logits", teacher)
+    check_same_device(("student_logits", student), ("teacher_logits", teacher), ("target", target))
     check_min_ndim("student_logits", student, min_ndim)
     check_same_shape("teacher_logits", teacher, "student_logits", student)
 
@@ -277,7 +282,7 @@ def distillation_loss(
     """
     a = _check_alpha(alpha)
     t = _check_temperature(temperature)
-    _check_logit_pair(student_logits, teacher_logits)
+    _check_logit_pair(student_logits, teacher_logits, target=target)
     check_class_target(student_logits, target, ignore_index=ignore_index, input_name="student_logits")
     soft = kd_loss(student_logits, teacher_logits, t, "mean")
     hard = _cross_entropy(student_logits, target, ignore_index)
@@ -371,7 +376,7 @@ def dkd_loss(
     t = _check_temperature(temperature)
     check_reduction(reduction, _ROW_REDUCTIONS)
     factor = _warmup_factor(warmup, epoch)
-    _check_logit_pair(student_logits, teacher_logits)
+    _check_logit_pair(student_logits, teacher_logits, target=target)
     check_ndim("student_logits", student_logits, 2, "2-D (N, C)")
     if student_logits.shape[1] < 2:
         raise LossValueError(
@@ -525,7 +530,7 @@ def jsd_loss(
     t = _check_temperature(temperature)
     check_reduction(reduction)
     check_normalizer(normalizer, reduction)
-    _check_logit_pair(student_logits, teacher_logits)
+    _check_logit_pair(student_logits, teacher_logits, target=target)
     mask = None
     if target is not None:
         check_integer("target", target)
@@ -639,6 +644,7 @@ def feature_distillation_loss(
     check_number("eps", eps, low=0.0, low_open=True)
     check_floating("student_feat", student_feat)
     check_floating("teacher_feat", teacher_feat)
+    check_same_device(("student_feat", student_feat), ("teacher_feat", teacher_feat))
     check_min_ndim("student_feat", student_feat, 1)
     check_same_shape("teacher_feat", teacher_feat, "student_feat", student_feat)
     s, t = upcast(student_feat), upcast(teacher_feat)
@@ -694,6 +700,8 @@ class FeatureDistillationLoss(nn.Module):
         if self.projector is None:
             return student_feat
         check_floating("student_feat", student_feat)
+        w, b = self.projector.weight, self.projector.bias
+        check_same_device(("the projector's weight", w), ("student_feat", student_feat))
         d = _norm_dim(self.dim, student_feat.dim())
         width = self.projector.in_features
         if student_feat.shape[d] != width:
@@ -702,7 +710,6 @@ class FeatureDistillationLoss(nn.Module):
                 f"(student_dim) along dim {self.dim}"
             )
         x = student_feat.movedim(d, -1)
-        w, b = self.projector.weight, self.projector.bias
         x = F.linear(upcast(x), w.to(upcast(x).dtype), b.to(upcast(x).dtype))
         return x.movedim(-1, d)
 
@@ -811,6 +818,8 @@ def distillation_step(
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise LossTypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     check_tensor("target", target)
+    _check_alpha(alpha)
+    check_number("T", T, low=0.0, low_open=True)  # the seed's name for the temperature
     was_training = teacher.training
     teacher.eval()
     try:
