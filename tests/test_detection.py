@@ -624,3 +624,68 @@ def test_registry():
     assert losskit.build("box_iou", kind="diou").kind == "diou"
     assert isinstance(losskit.build({"name": "composite", "gamma": 1.0}), losskit.CompositeLoss)
     assert losskit.build("detection", box_loss="ciou").box_loss == "ciou"
+
+
+# ---------------------------------------------------------------- devices and dtypes: errors name the argument
+
+
+def _detection_calls():
+    """(callable, its tensor arguments by name in call order) for every loss of the module."""
+    p, t = boxes(4, 20), boxes(4, 21)
+    g = torch.Generator().manual_seed(22)
+    cp, ct = torch.randn(4, 5, generator=g), torch.randint(0, 5, (4,), generator=g)
+    logits, labels, bp, bt = det_data(23)
+    w, m = torch.rand(4, generator=g), torch.tensor([True, True, False, True])
+    return [
+        (lambda **a: LF.box_iou_loss(**a, kind="ciou"), {"pred": p, "target": t, "weight": w, "mask": m}),
+        (
+            lambda **a: losskit.CompositeLoss()(*a.values()),
+            {"cls_preds": cp, "cls_targets": ct, "bbox_preds": p, "bbox_targets": t},
+        ),
+        (
+            lambda **a: LF.detection_loss(**a, box_loss="giou"),
+            {"cls_logits": logits, "labels": labels, "box_preds": bp, "box_targets": bt},
+        ),
+        (
+            lambda **a: losskit.DetectionLoss()(*a.values()),
+            {"cls_logits": logits, "labels": labels, "box_preds": bp, "box_targets": bt},
+        ),
+    ]
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_an_argument_on_another_device_is_a_clear_error(index):
+    fn, tensors = _detection_calls()[index]
+    names = list(tensors)
+    for moved in names:
+        args = {n: (v.to("meta") if n == moved else v) for n, v in tensors.items()}
+        if moved == names[0]:
+            expected = rf"{names[1]} is on cpu, expected meta like {names[0]}"
+        else:
+            expected = rf"{moved} is on meta, expected cpu like {names[0]}"
+        with pytest.raises(LossValueError, match=expected):
+            fn(**args)
+    # everything on 'meta': shape checks run, value checks skip, the result is a 'meta' scalar
+    out = fn(**{n: v.to("meta") for n, v in tensors.items()})
+    assert out.is_meta and out.dim() == 0
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_a_complex_argument_is_a_type_error_naming_it(index):
+    fn, tensors = _detection_calls()[index]
+    for name, value in tensors.items():
+        if not value.is_floating_point():
+            continue
+        args = {n: (v.to(torch.complex64) if n == name else v) for n, v in tensors.items()}
+        with pytest.raises(
+            LossTypeError, match=rf"{name} must be a floating-point tensor, got dtype torch.complex64"
+        ):
+            fn(**args)
+
+
+def test_detection_loss_checks_its_weights():
+    logits, labels, bp, bt = det_data(24)
+    with pytest.raises(LossValueError, match="cls_weight must be >= 0.0, got -1"):
+        LF.detection_loss(logits, labels, bp, bt, cls_weight=-1)
+    with pytest.raises(LossTypeError, match="box_weight must be a number, got str"):
+        LF.detection_loss(logits, labels, bp, bt, box_weight="1")

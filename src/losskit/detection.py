@@ -315,6 +315,12 @@ class CompositeLoss(nn.Module):
         check_class_target(cls_preds, cls_targets, input_name="cls_preds", target_name="cls_targets")
         check_floating("bbox_preds", bbox_preds)
         check_floating("bbox_targets", bbox_targets)
+        check_same_device(
+            ("cls_preds", cls_preds),
+            ("cls_targets", cls_targets),
+            ("bbox_preds", bbox_preds),
+            ("bbox_targets", bbox_targets),
+        )
         check_same_shape("bbox_targets", bbox_targets, "bbox_preds", bbox_preds)
         cls = focal_loss(cls_preds, cls_targets, self.alpha, self.gamma, reduction="mean")
         box = smooth_l1_loss(bbox_preds, bbox_targets, self.beta, reduction="mean")
@@ -476,6 +482,8 @@ def detection_loss(
     check_int("num_classes", num_classes, low=1, allow_none=True)
     check_int("ignore_index", ignore_index)
     check_number("beta", beta, low=0.0)
+    check_number("cls_weight", cls_weight, low=0.0)
+    check_number("box_weight", box_weight, low=0.0)
     cls, box = _detection_terms(
         cls_logits,
         labels,
