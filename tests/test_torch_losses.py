@@ -496,3 +496,19 @@ def test_registry_contract(name, check):
     """The contract every other registered loss meets, applied with the conformance input factories."""
     fn, kw = check
     getattr(conformance, fn)(name, **kw)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_input_on_another_device_is_named(name):
+    args = list(_inputs(name, torch.float32))
+    args[-1] = args[-1].to("meta")
+    last = {"triplet_margin": "negative"}.get(name, "target")
+    with pytest.raises(LossValueError, match=rf"{last} is on meta, expected cpu like"):
+        _functional(name)(*args)
+    if name in ("mse", "bce", "bce_with_logits"):
+        kw = "weight" if name != "bce_with_logits" else "pos_weight"
+        x, t = _inputs(name, torch.float32)
+        with pytest.raises(LossValueError, match=rf"{kw} is on meta, expected cpu like input"):
+            _functional(name)(x, t, **{kw: torch.ones(3, device="meta")})
+    meta = [a.to("meta") for a in _inputs(name, torch.float32)]
+    assert _functional(name)(*meta).is_meta  # value checks skip tensors without values

@@ -35,6 +35,7 @@ from ._checks import (
     check_number,
     check_prob_target,
     check_reduction,
+    check_same_device,
     check_same_shape,
     check_tensor,
     shape_str,
@@ -79,6 +80,7 @@ def _check_pair(input: torch.Tensor, target: torch.Tensor, reduction: str) -> tu
     check_floating("input", input)
     check_floating("target", target)
     check_same_shape("target", target, "input", input)
+    check_same_device(("input", input), ("target", target))
     return _to_compute(input, target)
 
 
@@ -89,6 +91,7 @@ def _check_weight(name: str, weight: torch.Tensor | None, input: torch.Tensor | 
     check_floating(name, weight)
     if input is not None:
         check_broadcastable(name, weight, "input", input)
+        check_same_device(("input", input), (name, weight))
 
 
 def _check_bool(name: str, value: object) -> bool:
@@ -347,6 +350,7 @@ def hinge_embedding_loss(
             f"target must hold -1 / 1 labels (a floating or integer tensor), got dtype {target.dtype}"
         )
     check_same_shape("target", target, "input", input)
+    check_same_device(("input", input), ("target", target))
     if can_read_values(target) and target.numel() > 0:
         bad = (target != 1) & (target != -1)
         if bool(bad.any()):
@@ -402,6 +406,7 @@ def triplet_margin_loss(
     for name, t in (("positive", positive), ("negative", negative)):
         check_floating(name, t)
         check_same_shape(name, t, "anchor", anchor)
+    check_same_device(("anchor", anchor), ("positive", positive), ("negative", negative))
     a, pos, neg = _to_compute(anchor, positive, negative)
     p, eps = float(p), float(eps)
     d_ap = F.pairwise_distance(a, pos, p, eps)
