@@ -757,11 +757,11 @@ def test_public_loss_takes_fused_path_and_saves_only_inputs(case):
     if name in ("sigmoid_focal", "focal", "asymmetric"):
         assert not extra, (name, [tuple(a.shape) for a in extra])  # the default calls: inputs only
     if name.startswith(("kd", "jsd")):
-        # plus per-row float32 (R,) statistics: the two log-normalisers (KD), and the two halves of
-        # each row's value (the JSD kernel, 0 < beta < 1)
+        # plus per-row float32 (R,) statistics: each tensor's maximum and log1p(rest) (KD), and for
+        # the JSD kernel (0 < beta < 1) each tensor's pivot gap and pivoted row sum
         rows = args[0].numel() // args[0].shape[-1]
         stats = [a.dtype for a in extra if a.is_floating_point() and a.dim() == 1]
-        assert stats == [torch.float32] * (4 if node == "_JSDRowsBackward" else 2), name
+        assert stats == [torch.float32] * (8 if node == "_JSDRowsBackward" else 4), name
         assert all(a.numel() in (1, rows) for a in extra), name  # besides: a token mask, a denominator
     with fused_kernels(False):
         eager = fn(*leaves)
@@ -906,3 +906,197 @@ def test_fused_setting_values():
             _compile.set_fused_kernels("sometimes")
     finally:
         _compile.set_fused_kernels(previous)
+
+
+# ----------------------------------------------------------------------------- tails: relative precision
+#
+# Every kernel term keeps its relative precision in both tails of the logits: float32 kernels on
+# x in [-80, 80] against values and derivatives evaluated exactly (mpmath, 60 digits, written out
+# below). Where the exact value is below ``TAIL_FLOOR`` (close to float32's smallest normal number)
+# only ``|out| <= TAIL_FLOOR`` is asked.
+
+TAIL_RTOL = 2e-5
+TAIL_FLOOR = 1e-30
+TAIL_X = torch.linspace(-80.0, 80.0, 161)  # step 1
+
+
+def _mp():
+    import mpmath
+
+    mpmath.mp.dps = 60
+    return mpmath
+
+
+def _mp_sigmoid(mp, x):
+    return 1 / (1 + mp.exp(-x))
+
+
+def _assert_tail_close(out: torch.Tensor, ref: list, what: str) -> None:
+    got = out.detach().double().reshape(-1).tolist()
+    ref = [float(r) for r in ref]
+    assert len(got) == len(ref), what
+    bad = []
+    for i, (g, r) in enumerate(zip(got, ref)):
+        if abs(r) < TAIL_FLOOR:
+            ok = abs(g) <= TAIL_FLOOR
+        else:
+            ok = math.isfinite(g) and abs(g - r) <= TAIL_RTOL * abs(r)
+        if not ok:
+            bad.append((i, g, r))
+    assert not bad, f"{what}: {len(bad)} elements off, e.g. (index, got, exact) {bad[:4]}"
+
+
+def _rows_value_grad(fn, *tensors):
+    """Value of ``fn`` and the gradients of ``sum(value)`` w.r.t. each tensor (float32)."""
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    out = fn(*leaves)
+    grads = torch.autograd.grad(out.sum(), leaves)
+    return out, grads
+
+
+@pytest.mark.parametrize("target", [0.0, 1.0])
+@pytest.mark.parametrize(("alpha", "gamma"), [(None, 2.0), (0.25, 0.0), (0.25, 0.5), (None, 3.0)])
+def test_sigmoid_focal_kernel_tails_relative_precision(target, alpha, gamma):
+    mp = _mp()
+    x = TAIL_X
+    t = torch.full_like(x, target)
+    out, (gx,) = _rows_value_grad(lambda a: sigmoid_focal(a, t, alpha, gamma, None, "none"), x)
+
+    def f(v):
+        p = _mp_sigmoid(mp, v)
+        ce = -(target * mp.log(p) + (1 - target) * mp.log(1 - p))
+        q = target * (1 - p) + (1 - target) * p
+        at = 1 if alpha is None else alpha * target + (1 - alpha) * (1 - target)
+        return at * ce * q**gamma
+
+    xs = [mp.mpf(float(v)) for v in x]
+    _assert_tail_close(out, [f(v) for v in xs], "value")
+    _assert_tail_close(gx, [mp.diff(f, v) for v in xs], "gradient")
+
+
+def test_sigmoid_focal_confident_positives_keep_their_loss():
+    """``softplus(-x)`` for large ``x`` is ``~exp(-x)``, not a difference rounded to 0."""
+    x = torch.tensor([5.0, 10.0, 15.0, 20.0])
+    out = LF.sigmoid_focal_loss(x, torch.ones(4), alpha=-1, gamma=2, reduction="none")
+    exact = [math.log1p(math.exp(-v)) * (1 / (1 + math.exp(v))) ** 2 for v in x.tolist()]
+    torch.testing.assert_close(out.double(), torch.tensor(exact, dtype=torch.float64), rtol=1e-5, atol=0)
+    asl = LF.asymmetric_loss(torch.tensor([[15.0]]), torch.tensor([[1.0]]), reduction="sum")
+    torch.testing.assert_close(asl.double(), torch.tensor(math.log1p(math.exp(-15.0)), dtype=torch.float64))
+
+
+@pytest.mark.parametrize("target", [0.0, 1.0])
+@pytest.mark.parametrize(
+    ("gamma_neg", "gamma_pos", "clip"), [(4.0, 0.0, 0.05), (4.0, 1.0, 0.0), (2.0, 1.0, 0.05)]
+)
+def test_asymmetric_kernel_tails_relative_precision(target, gamma_neg, gamma_pos, clip):
+    mp = _mp()
+    x = TAIL_X.view(1, -1)
+    t = torch.full_like(x, target)
+    out, (gx,) = _rows_value_grad(lambda a: asymmetric(a, t, gamma_neg, gamma_pos, clip, "none"), x)
+
+    def f(v):
+        p = _mp_sigmoid(mp, v)
+        pm = max(p - clip, mp.mpf(0))
+        pos = -((1 - p) ** gamma_pos) * mp.log(p)
+        neg = -(pm**gamma_neg) * mp.log(1 - pm) if pm > 0 else mp.mpf(0)
+        return target * pos + (1 - target) * neg
+
+    xs = [mp.mpf(float(v)) for v in x.view(-1)]
+    _assert_tail_close(out, [f(v) for v in xs], "value")
+    _assert_tail_close(gx, [mp.diff(f, v) for v in xs], "gradient")
+
+
+def _tail_rows(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Rows ``scale * [x, 0, -x / 2]``: one class takes almost all the mass at either end."""
+    return torch.stack([x, torch.zeros_like(x), -x / 2], 1) * scale
+
+
+def _mp_log_softmax(mp, row, temperature=1):
+    z = [v / temperature for v in row]
+    lse = mp.log(mp.fsum(mp.exp(v) for v in z))
+    return [v - lse for v in z]
+
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0, 0.5])
+@pytest.mark.parametrize("target", [0, 1, 2])
+def test_softmax_focal_kernel_tails_relative_precision(gamma, target):
+    mp = _mp()
+    x = _tail_rows(TAIL_X)
+    y = torch.full((x.shape[0],), target)
+    out, (gx,) = _rows_value_grad(lambda a: softmax_focal_rows(a, y, gamma), x)
+
+    def f(*row):
+        lp = _mp_log_softmax(mp, row)[target]
+        return -((1 - mp.exp(lp)) ** gamma) * lp
+
+    rows = [[mp.mpf(float(v)) for v in r] for r in x.tolist()]
+    _assert_tail_close(out, [f(*r) for r in rows], "value")
+    ref_g = [mp.diff(f, r, tuple(int(j == k) for j in range(3))) for r in rows for k in range(3)]
+    _assert_tail_close(gx, ref_g, "gradient")
+
+
+def _distill_pairs() -> tuple[torch.Tensor, torch.Tensor]:
+    """Student and teacher rows that agree on the dominant class at both ends, with different tails
+    (and never the same distribution, where a divergence is a difference of equal numbers)."""
+    return _tail_rows(TAIL_X), _tail_rows(TAIL_X, 0.5) + torch.tensor([0.0, 1.0, 0.0])
+
+
+@pytest.mark.parametrize(
+    ("kind", "param", "temperature"),
+    [("kd", None, 1.0), ("kd", None, 4.0), ("jsd", 0.5, 1.0), ("jsd", 0.1, 2.0)],
+)
+def test_distill_kernels_tails_relative_precision(kind, param, temperature):
+    mp = _mp()
+    s, t = _distill_pairs()
+    if kind == "kd":
+        out, (gs, gt) = _rows_value_grad(lambda a, b: kd_rows(a, b, temperature, 1.0), s, t)
+    else:
+        out, (gs, gt) = _rows_value_grad(lambda a, b: jsd_rows(a, b, param, temperature), s, t)
+
+    def f(*v):
+        ls = _mp_log_softmax(mp, v[:3], temperature)
+        lt = _mp_log_softmax(mp, v[3:], temperature)
+        if kind == "kd":
+            return mp.fsum(mp.exp(b) * (b - a) for a, b in zip(ls, lt))
+        beta = param
+        lm = [mp.log(beta * mp.exp(b) + (1 - beta) * mp.exp(a)) for a, b in zip(ls, lt)]
+        kl_t = mp.fsum(mp.exp(b) * (b - m) for b, m in zip(lt, lm))
+        kl_s = mp.fsum(mp.exp(a) * (a - m) for a, m in zip(ls, lm))
+        return beta * kl_t + (1 - beta) * kl_s
+
+    rows = [[mp.mpf(float(v)) for v in a + b] for a, b in zip(s.tolist(), t.tolist())]
+    _assert_tail_close(out, [f(*r) for r in rows], "value")
+
+    def partials(offset):
+        return [mp.diff(f, r, tuple(int(j == offset + k) for j in range(6))) for r in rows for k in range(3)]
+
+    _assert_tail_close(gs, partials(0), "student gradient")
+    _assert_tail_close(gt, partials(3), "teacher gradient")
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_class_sums_kernel_tails_relative_precision(squared):
+    mp = _mp()
+    n_pos = TAIL_X.numel()
+    x = _tail_rows(TAIL_X).t().reshape(1, 3, n_pos).repeat(1, 1, 3)  # every position with each label
+    y = torch.arange(3).repeat_interleave(n_pos).view(1, -1)
+    gtp = torch.tensor([[-0.7, -1.3, -0.4]])
+    gps = torch.tensor([[0.5, 0.2, 0.9]])
+    leaf = x.clone().requires_grad_()
+    tp, ps, _ = class_sums(leaf, y, None, squared)
+    (gx,) = torch.autograd.grad((tp * gtp).sum() + (ps * gps).sum(), leaf)
+    k = 2 if squared else 1
+
+    def f(label, *row):
+        p = [mp.exp(v) for v in _mp_log_softmax(mp, row)]
+        return mp.fsum(
+            float(gtp[0, c]) * p[c] * (c == label) + float(gps[0, c]) * p[c] ** k for c in range(3)
+        )
+
+    ref = [[None] * x.shape[2] for _ in range(3)]
+    for i in range(x.shape[2]):
+        row = [mp.mpf(float(v)) for v in x[0, :, i]]
+        label = int(y[0, i])
+        for c in range(3):
+            ref[c][i] = mp.diff(lambda *r, lb=label: f(lb, *r), row, tuple(int(j == c) for j in range(3)))
+    _assert_tail_close(gx, [r for per_class in ref for r in per_class], "gradient")

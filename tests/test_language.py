@@ -620,3 +620,40 @@ def test_auto_chunk_size():
     assert linear_ce.auto_chunk_size(1024, 8000) == 128  # at most 1/8 of the tokens per chunk
     assert linear_ce.auto_chunk_size(4096, 10**8) == 1
     assert linear_ce.auto_chunk_size(0, 100) == 1
+
+
+# ---------------------------------------------------------------- tails: relative precision
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+@pytest.mark.parametrize("target", [0, 1, 2])
+def test_linear_ce_confident_tokens_keep_relative_precision(reduction, target):
+    """Logits ``[x, 0, -x/2]`` for x in [-80, 80] (identity head): per-token losses and gradients to
+    relative precision against exact values (mpmath), also where p_t is within float32's epsilon of 1."""
+    import mpmath as mp
+
+    mp.mp.dps = 60
+    x = torch.linspace(-80.0, 80.0, 161)
+    hidden = torch.stack([x, torch.zeros_like(x), -x / 2], 1).requires_grad_()
+    weight = torch.eye(3)
+    tgt = torch.full((x.numel(),), target)
+    out = LF.linear_cross_entropy(hidden, weight, tgt, reduction=reduction)
+    (gh,) = torch.autograd.grad(out.sum(), hidden)
+
+    def f(*row):
+        lse = mp.log(mp.fsum(mp.exp(v) for v in row))
+        return lse - row[target]
+
+    rows = [[mp.mpf(float(v)) for v in r] for r in hidden.detach().tolist()]
+    ref_loss = [f(*r) for r in rows]
+    ref_grad = [mp.diff(f, r, tuple(int(j == k) for j in range(3))) for r in rows for k in range(3)]
+    got_grad = gh.double().reshape(-1).tolist()
+    if reduction == "none":
+        got = out.double().tolist()
+        for g, r in zip(got, ref_loss):
+            assert abs(g - float(r)) <= 2e-5 * abs(float(r)) or abs(float(r)) < 1e-30, (g, r)
+    else:
+        torch.testing.assert_close(out.double(), torch.tensor(float(mp.fsum(ref_loss)), dtype=torch.float64))
+    for g, r in zip(got_grad, ref_grad):
+        r = float(r)
+        assert abs(g) <= 1e-30 if abs(r) < 1e-30 else abs(g - r) <= 2e-5 * abs(r), (g, r)

@@ -100,7 +100,10 @@ def _check_tokens_target(
     flat = target.reshape(-1)
     # value check shared with cross-entropy: logits would be (N, V)
     check_class_target(
-        torch.empty(flat.shape[0], vocab, device="meta"), flat, ignore_index=ignore_index, input_name="logits"
+        torch.empty((), device=flat.device).expand(flat.shape[0], vocab),
+        flat,
+        ignore_index=ignore_index,
+        input_name="logits",
     )
     return flat
 
@@ -230,8 +233,10 @@ def linear_cross_entropy(
     tokens are skipped before the matmuls. Under ``torch.no_grad()`` (or when no input requires
     grad) no gradient work is done; inputs that do not require grad (a frozen head) get none either.
 
-    Not supported: double backward (``create_graph=True``). A second backward through a retained
-    graph recomputes the gradients (exact, costs another pass). ``torch.compile(fullgraph=True)``
+    Double backward (``create_graph=True``, e.g. a gradient penalty) works: that backward forms the
+    whole ``(N, V)`` logits once and differentiates plain tensor code, so it costs the memory of the
+    eager computation. A second backward through a retained graph recomputes the gradients (exact,
+    costs another pass). ``torch.compile(fullgraph=True)``
     traces it (see the module notes).
 
     Example:

@@ -8,6 +8,7 @@ __all__ = [
     "ELEMENT_REDUCTIONS",
     "float_dtype",
     "sigmoid_parts",
+    "softmax_parts",
     "supported_float",
     "supported_target",
     "tiny",
@@ -39,17 +40,39 @@ def tiny(dtype: torch.dtype) -> float:
 def sigmoid_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(p, 1 - p, softplus(x), softplus(-x))`` from a single ``exp``, each accurate in its tail.
 
-    ``e = exp(-|x|)``; ``softplus(x) = max(x, 0) + log1p(e)``; ``softplus(-x) = softplus(x) - x``;
-    ``p = 1 / (1 + e)`` for ``x >= 0`` and ``e / (1 + e)`` otherwise (and ``1 - p`` the other way round),
-    so neither ``p`` nor ``1 - p`` is computed as a difference.
+    ``e = exp(-|x|)``; ``softplus(+-x) = max(+-x, 0) + log1p(e)`` (never a difference, so
+    ``softplus(-x) ~ e^{-x}`` keeps its relative precision for large ``x``); ``p = 1 / (1 + e)`` for
+    ``x >= 0`` and ``e / (1 + e)`` otherwise (and ``1 - p`` the other way round), so neither ``p`` nor
+    ``1 - p`` is computed as a difference.
     """
     e = torch.exp(-x.abs())
-    sp_pos = x.clamp_min(0) + torch.log1p(e)
-    sp_neg = sp_pos - x
+    l1p = torch.log1p(e)
+    sp_pos = x.clamp_min(0) + l1p
+    sp_neg = (-x).clamp_min(0) + l1p
     r = 1.0 / (1.0 + e)
     er = e * r
     pos = x >= 0
     return torch.where(pos, r, er), torch.where(pos, er, r), sp_pos, sp_neg
+
+
+def softmax_parts(
+    x: torch.Tensor, dim: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(a, e, rest, l1p)`` of a softmax over ``dim``, exact in the tail where one entry takes it all.
+
+    ``a = x - max``, ``e = exp(a)``; ``rest`` is the sum of ``e`` over every entry but one maximal one
+    (``sum e - 1`` without forming ``1 + small``) and ``l1p = log1p(rest) = log sum e``, both keeping
+    ``dim`` (size 1). Then ``log p = a - l1p``, ``p = e / (1 + rest)`` and, for a maximal entry,
+    ``1 - p = rest / (1 + rest)``: a probability close to 1 keeps ``log p`` and ``1 - p`` to
+    relative precision where ``a - log(sum e)`` would round them to 0.
+    """
+    m = x.amax(dim=dim, keepdim=True)
+    a = x - m
+    e = torch.exp(a)
+    top = a == 0
+    ties = top.sum(dim=dim, keepdim=True).to(x.dtype) - 1.0
+    rest = torch.where(top, torch.zeros_like(e), e).sum(dim=dim, keepdim=True) + ties
+    return a, e, rest, torch.log1p(rest)
 
 
 def ipow(base: torch.Tensor, exponent: float) -> torch.Tensor:

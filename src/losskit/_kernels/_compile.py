@@ -161,8 +161,12 @@ def run_kernel(key: Hashable, build: Callable[[], Callable[..., Any]], numel: in
 
     ``key`` identifies the function and every Python constant baked into it (hyperparameters).
     A compilation error disables compilation for that key (with one warning) and runs eagerly.
+    With grad mode on (only inside a backward run with ``create_graph=True``: autograd Functions
+    run their forward without it) the eager code runs, so that autograd records it.
     """
-    if numel < _MIN_NUMEL or not compile_kernels_enabled() or key in _FAILED:
+    if numel < _MIN_NUMEL or not compile_kernels_enabled() or key in _FAILED or torch.is_grad_enabled():
+        # grad mode on: a backward with ``create_graph=True`` (double backward) differentiates the
+        # kernel's plain tensor code with autograd; the compiled function would record no graph
         return _eager(key, build)(*args)
     fn = _CACHE.get(key)
     if fn is None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ._common import (
     ELEMENT_REDUCTIONS,
@@ -85,7 +84,6 @@ class _Asymmetric(torch.autograd.Function):
         return out * scale_for(reduction, x.numel()) if reduction == "mean" else out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
         x, t = ctx.saved_tensors
         gamma_neg, gamma_pos, clip, reduction = ctx.conf

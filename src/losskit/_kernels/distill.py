@@ -21,11 +21,17 @@ teacher with ``g = beta (log p_T - log M)``; ``(1 - beta) sum_c p_S g`` and ``be
 two halves of the forward value. (``beta = 0`` / ``1`` are KLs: use :func:`kd_rows` with
 ``scale=1``, teacher/student swapped for ``beta = 1``.)
 
-Saved for backward: the two logit tensors and their per-row log-normalisers
-``log sum_c exp(z_c / T)`` (two ``(R,)`` float vectors, ``8 R`` bytes in fp32: 64 KiB at ``R = 8192``,
-0.2% of one ``(8192, 1000)`` input); the JSD also keeps the two halves of each row's value (two more
-``(R,)`` vectors, 128 KiB in all at ``R = 8192``). With them each gradient is one elementwise pass
-and no reduction; recomputing them instead doubled (KD) or tripled (JSD) the backward time.
+Saved for backward: the two logit tensors and, per row and tensor, the maximum of ``z / T`` and
+``log sum_c exp(z_c / T - max)`` (four ``(R,)`` float vectors, ``16 R`` bytes in fp32: 128 KiB at
+``R = 8192``, 0.4% of one ``(8192, 1000)`` input; kept apart so that the tail of a confident row is
+not rounded into the maximum); the JSD also keeps, per row and tensor, the gap ``g_m`` of the most likely
+class and ``sum_c p (g - g_m)`` (four more ``(R,)`` vectors, see :func:`_pivoted`). With them each gradient is one elementwise pass and no reduction; recomputing
+them instead doubled (KD) or tripled (JSD) the backward time.
+
+Precision: log-probabilities come from :func:`~losskit._kernels._common.softmax_parts`, ``p_S - p_T``
+and ``log p - log M`` are formed through ``expm1`` / ``log1p`` (see :func:`_prob_diff`,
+:func:`_jsd_gaps`, :func:`_pivoted`), so rows whose distributions put almost all their mass on one class keep their
+small values and gradients to relative precision.
 """
 
 from __future__ import annotations
@@ -33,9 +39,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from ._common import float_dtype
+from ._common import float_dtype, softmax_parts
 from ._compile import run_kernel
 
 __all__ = ["distill_supports", "jsd_rows", "kd_rows"]
@@ -54,44 +59,57 @@ def _scaled(z: torch.Tensor, temperature: float) -> torch.Tensor:
     return zf
 
 
-def _log_softmax(z: torch.Tensor, temperature: float) -> torch.Tensor:
+def _log_softmax(z: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(log softmax(z / T), max, log1p(rest))`` per row: the two ``(R,)`` statistics rebuild the
+    log-probabilities elementwise in backward; kept apart, ``max + log1p(rest)`` does not round the
+    tail of a confident row away (:func:`~losskit._kernels._common.softmax_parts`)."""
     zf = _scaled(z, temperature)
-    return zf - torch.logsumexp(zf, dim=1, keepdim=True)
+    a, _, _, l1p = softmax_parts(zf, 1)
+    return a - l1p, (zf - a)[:, :1].squeeze(1), l1p.squeeze(1)
 
 
-def _row_log_softmax(z: torch.Tensor, lse: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``log softmax(z / T)`` from the saved per-row log-normaliser: elementwise, no reduction."""
-    return _scaled(z, temperature) - lse.unsqueeze(1)
+def _row_log_softmax(z: torch.Tensor, m: torch.Tensor, l1p: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``log softmax(z / T)`` from the saved per-row statistics: elementwise, no reduction."""
+    return (_scaled(z, temperature) - m.unsqueeze(1)) - l1p.unsqueeze(1)
+
+
+def _prob_diff(ls: torch.Tensor, lt: torch.Tensor) -> torch.Tensor:
+    """``p_S - p_T`` from the log-probabilities, relative-accurate when both are close to 1.
+
+    ``p_S (1 - p_T / p_S)`` or ``p_T (p_S / p_T - 1)`` through ``expm1`` of a non-positive argument
+    (no overflow): the direct difference of two rounded probabilities near 1 keeps no digits.
+    """
+    d = ls - lt
+    return torch.where(d >= 0, -torch.exp(ls) * torch.expm1(-d), torch.exp(lt) * torch.expm1(d))
 
 
 def _build_kd_forward(temperature: float, scale: float) -> Callable:
-    def forward(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # KL = sum_c p_T (b_c - a_c) - log Z_T + log Z_S with a, b the max-shifted scaled logits:
-        # two exps per element and no normalised (R, C) tensor
-        zs, zt = _scaled(s, temperature), _scaled(t, temperature)
-        ms, mt = zs.amax(dim=1, keepdim=True), zt.amax(dim=1, keepdim=True)
-        a, b = zs - ms, zt - mt
-        eb = torch.exp(b)
-        sum_s, sum_t = torch.exp(a).sum(1), eb.sum(1)
-        w = (eb * (b - a)).sum(1)
-        log_s, log_t = torch.log(sum_s), torch.log(sum_t)
-        rows = scale * (w / sum_t - log_t + log_s)
-        return rows, ms.squeeze(1) + log_s, mt.squeeze(1) + log_t
+    def forward(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ls, ms, l1s = _log_softmax(s, temperature)
+        lt, mt, l1t = _log_softmax(t, temperature)
+        rows = scale * (torch.exp(lt) * (lt - ls)).sum(1)
+        return rows, ms, l1s, mt, l1t
 
     return forward
 
 
 def _build_kd_backward(temperature: float, scale: float, need_s: bool, need_t: bool) -> Callable:
     def backward(
-        s: torch.Tensor, t: torch.Tensor, lse_s: torch.Tensor, lse_t: torch.Tensor, g: torch.Tensor
+        s: torch.Tensor,
+        t: torch.Tensor,
+        ms: torch.Tensor,
+        l1s: torch.Tensor,
+        mt: torch.Tensor,
+        l1t: torch.Tensor,
+        g: torch.Tensor,
     ) -> tuple[torch.Tensor | None, ...]:
         k = (g * (scale / temperature)).unsqueeze(1)
-        ls = _row_log_softmax(s, lse_s, temperature)
-        lt = _row_log_softmax(t, lse_t, temperature)
-        pt = torch.exp(lt)
-        gs = (k * (torch.exp(ls) - pt)).to(s.dtype) if need_s else None
+        ls = _row_log_softmax(s, ms, l1s, temperature)
+        lt = _row_log_softmax(t, mt, l1t, temperature)
+        gs = (k * _prob_diff(ls, lt)).to(s.dtype) if need_s else None
         if not need_t:
             return gs, None
+        pt = torch.exp(lt)
         diff = lt - ls
         kl = (pt * diff).sum(1, keepdim=True)
         return gs, (k * pt * (diff - kl)).to(t.dtype)
@@ -99,29 +117,43 @@ def _build_kd_backward(temperature: float, scale: float, need_s: bool, need_t: b
     return backward
 
 
-def _jsd_terms(ls: torch.Tensor, lt: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(1 - beta) p_S (log p_S - log M)`` and ``beta p_T (log p_T - log M)``, elementwise.
+def _jsd_gaps(ls: torch.Tensor, lt: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1 - beta)(log p_S - log M)`` and ``beta (log p_T - log M)``, elementwise.
 
-    ``M`` is formed from the two probabilities (one log per element, where ``logaddexp`` would add
-    an exp and a log1p); where both underflow ``M`` is clamped to the smallest normal number, and
-    the terms are ``0 * finite = 0`` there as in exact arithmetic.
+    With ``u`` the larger and ``v`` the smaller of ``log p_S``, ``log p_T`` and ``w`` the mixture
+    weight of the smaller, ``log M = u + log1p(w expm1(v - u))``: ``u - log M`` and ``v - log M``
+    come out without a difference of two rounded logarithms (which, for two probabilities close to 1,
+    keeps no digits), and nothing overflows or needs a clamp where both probabilities underflow.
     """
-    ps, pt = torch.exp(ls), torch.exp(lt)
-    lm = _log_mixture(ps, pt, beta)
-    return (1.0 - beta) * ps * (ls - lm), beta * pt * (lt - lm)
+    d = ls - lt
+    s_big = d >= 0
+    a = -d.abs()
+    corr = torch.log1p(torch.where(s_big, beta, 1.0 - beta) * torch.expm1(a))
+    gap_s = torch.where(s_big, -corr, a - corr)  # log p_S - log M
+    gap_t = torch.where(s_big, a - corr, -corr)  # log p_T - log M
+    return (1.0 - beta) * gap_s, beta * gap_t
 
 
-def _log_mixture(ps: torch.Tensor, pt: torch.Tensor, beta: float) -> torch.Tensor:
-    return torch.log((beta * pt + (1.0 - beta) * ps).clamp_min(torch.finfo(ps.dtype).tiny))
+def _pivoted(lp: torch.Tensor, gap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(sum_c p g, g_m, sum_c p (g - g_m))`` per row with ``m`` the most likely class.
+
+    The gradient ``p_k (g_k - sum_c p g)`` is evaluated as ``p_k ((g_k - g_m) - sum_c p (g - g_m))``
+    (equal since ``sum_c p = 1``): the dominant class adds exactly 0 to the sum, so a row with
+    ``p_m`` close to 1 keeps its small gradients.
+    """
+    p = torch.exp(lp)
+    g_m = gap.gather(1, lp.argmax(dim=1, keepdim=True))
+    return (p * gap).sum(1), g_m.squeeze(1), (p * (gap - g_m)).sum(1)
 
 
 def _build_jsd_forward(beta: float, temperature: float) -> Callable:
     def forward(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        zs, zt = _scaled(s, temperature), _scaled(t, temperature)
-        lse_s, lse_t = torch.logsumexp(zs, dim=1), torch.logsumexp(zt, dim=1)
-        term_s, term_t = _jsd_terms(zs - lse_s.unsqueeze(1), zt - lse_t.unsqueeze(1), beta)
-        a_s, a_t = term_s.sum(1), term_t.sum(1)
-        return a_s + a_t, lse_s, lse_t, a_s, a_t
+        ls, ms, l1s = _log_softmax(s, temperature)
+        lt, mt, l1t = _log_softmax(t, temperature)
+        gap_s, gap_t = _jsd_gaps(ls, lt, beta)
+        a_s, piv_s, b_s = _pivoted(ls, gap_s)
+        a_t, piv_t, b_t = _pivoted(lt, gap_t)
+        return a_s + a_t, ms, l1s, mt, l1t, piv_s, b_s, piv_t, b_t
 
     return forward
 
@@ -130,21 +162,28 @@ def _build_jsd_backward(beta: float, temperature: float, need_s: bool, need_t: b
     def backward(
         s: torch.Tensor,
         t: torch.Tensor,
-        lse_s: torch.Tensor,
-        lse_t: torch.Tensor,
-        a_s: torch.Tensor,
-        a_t: torch.Tensor,
+        ms: torch.Tensor,
+        l1s: torch.Tensor,
+        mt: torch.Tensor,
+        l1t: torch.Tensor,
+        piv_s: torch.Tensor,
+        b_s: torch.Tensor,
+        piv_t: torch.Tensor,
+        b_t: torch.Tensor,
         g: torch.Tensor,
     ) -> tuple[torch.Tensor | None, ...]:
-        # dl/dz = (1/T) p (w (log p - log M) - sum_c p w (log p - log M)); the row sums are the two
-        # halves of the forward value, saved: one elementwise pass, no reduction
-        ls = _row_log_softmax(s, lse_s, temperature)
-        lt = _row_log_softmax(t, lse_t, temperature)
-        ps, pt = torch.exp(ls), torch.exp(lt)
-        lm = _log_mixture(ps, pt, beta)
+        # dl/dz = (1/T) p ((g - g_m) - sum_c p (g - g_m)) (see _pivoted); the row sums are saved:
+        # one elementwise pass, no reduction
+        ls = _row_log_softmax(s, ms, l1s, temperature)
+        lt = _row_log_softmax(t, mt, l1t, temperature)
+        gap_s, gap_t = _jsd_gaps(ls, lt, beta)
         k = (g * (1.0 / temperature)).unsqueeze(1)
-        gs = (k * ps * ((1.0 - beta) * (ls - lm) - a_s.unsqueeze(1))).to(s.dtype) if need_s else None
-        gt = (k * pt * (beta * (lt - lm) - a_t.unsqueeze(1))).to(t.dtype) if need_t else None
+
+        def grad(lp, gap, piv, b, like):
+            return (k * torch.exp(lp) * ((gap - piv.unsqueeze(1)) - b.unsqueeze(1))).to(like.dtype)
+
+        gs = grad(ls, gap_s, piv_s, b_s, s) if need_s else None
+        gt = grad(lt, gap_t, piv_t, b_t, t) if need_t else None
         return gs, gt
 
     return backward
@@ -159,12 +198,18 @@ def _rows_forward(ctx, kind: str, build: Callable, s, t, a: float, b: float) -> 
     return rows
 
 
-def _rows_backward(ctx, kind: str, build: Callable, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+def _rows_backward(
+    ctx, kind: str, build: Callable, build_fwd: Callable, grad: torch.Tensor
+) -> tuple[torch.Tensor | None, ...]:
     s, t, *stats = ctx.saved_tensors
     a, b = ctx.conf
     need_s, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     if not (need_s or need_t):
         return None, None, None, None
+    if torch.is_grad_enabled():
+        # double backward: the saved statistics are constants to autograd; recompute them from the
+        # logits so that the gradient is differentiable in them as well
+        stats = list(build_fwd(a, b)(s, t)[1:])
     key = (f"{kind}.bwd", a, b, need_s, need_t)
     gs, gt = run_kernel(key, lambda: build(a, b, need_s, need_t), s.numel(), s, t, *stats, grad)
     return gs, gt, None, None
@@ -176,9 +221,8 @@ class _KDRows(torch.autograd.Function):
         return _rows_forward(ctx, "kd", _build_kd_forward, s, t, temperature, scale)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        return _rows_backward(ctx, "kd", _build_kd_backward, grad)
+        return _rows_backward(ctx, "kd", _build_kd_backward, _build_kd_forward, grad)
 
 
 class _JSDRows(torch.autograd.Function):
@@ -187,9 +231,8 @@ class _JSDRows(torch.autograd.Function):
         return _rows_forward(ctx, "jsd", _build_jsd_forward, s, t, beta, temperature)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        return _rows_backward(ctx, "jsd", _build_jsd_backward, grad)
+        return _rows_backward(ctx, "jsd", _build_jsd_backward, _build_jsd_forward, grad)
 
 
 def distill_supports(student: torch.Tensor, teacher: torch.Tensor) -> bool:

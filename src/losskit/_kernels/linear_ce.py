@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from torch.autograd.function import once_differentiable
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -226,26 +225,34 @@ class CrossEntropyHead:
         log_softmax_(z)
         logp_t = z.gather(1, t2).squeeze(1)
         eps = self.eps
+        sum_logp = z.sum(1) if eps else None
+        # 1 - p_t as the sum of the other probabilities: a confident token keeps its small loss and
+        # gradient, which log p_t = s_t - lse and p_t - 1 round to 0
+        z.exp_()  # softmax probabilities
+        z.scatter_(1, t2, 0.0)
+        rest = z.sum(1)
+        logp_t = torch.where(rest < 0.5, torch.log1p(-rest), logp_t)
         loss = logp_t * (eps - 1.0)
-        if eps:
-            loss = loss - (eps / self.vocab) * z.sum(1)
+        if sum_logp is not None:
+            loss = loss - (eps / self.vocab) * sum_logp
         lse = None
         if z_t is not None:
             lse = z_t - logp_t
             loss = loss + self.z_loss * lse * lse
         if not need_grad:
             return loss
-        z.exp_()  # softmax probabilities
         factor = None if lse is None else 1.0 + (2.0 * self.z_loss) * lse
         if row_scale is not None:
             factor = row_scale if factor is None else factor * row_scale
         if factor is not None:
             z.mul_(factor.unsqueeze(1))
-        if row_scale is None:
-            hit = z.new_full((c, 1), eps - 1.0)
-        else:
-            hit = (row_scale * (eps - 1.0)).unsqueeze(1)
-        z.scatter_add_(1, t2, hit)
+        # target entry: p_t (1 + 2 z_loss lse) - (1 - eps) = eps - (1 - p_t) + 2 z_loss lse p_t
+        hit = eps - rest
+        if lse is not None:
+            hit = hit + (2.0 * self.z_loss) * lse * torch.exp(logp_t)
+        if row_scale is not None:
+            hit = hit * row_scale
+        z.scatter_(1, t2, hit.unsqueeze(1))
         if eps:
             if row_scale is None:
                 z.sub_(eps / self.vocab)
@@ -254,6 +261,19 @@ class CrossEntropyHead:
         if tb is not None:
             tb.mul_(tb)
             z.addcmul_(z, tb, value=-1.0)  # z * (1 - tanh^2)
+        return loss
+
+    def reference(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-token losses ``(N,)`` of the full ``(N, V)`` logits in plain, differentiable tensor code
+        (ignored tokens are computed with class 0; the caller masks them)."""
+        t = self.target.masked_fill(self.target == self.ignore_index, 0).long().unsqueeze(1)
+        s = logits if self.softcap is None else self.softcap * torch.tanh(logits / self.softcap)
+        lse = torch.logsumexp(s, 1)
+        loss = (lse - s.gather(1, t).squeeze(1)) * (1.0 - self.eps)
+        if self.eps:
+            loss = loss + self.eps * (lse - s.mean(1))
+        if self.z_loss:
+            loss = loss + self.z_loss * lse * lse
         return loss
 
 
@@ -347,6 +367,22 @@ class DistillHead:
             elif factor != 1.0:
                 z.mul_(factor)
         return loss
+
+    def reference(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-token divergences ``(N,)`` of the full ``(N, V)`` student logits in plain, differentiable
+        tensor code (the teacher's logits are formed whole as well)."""
+        zt = self.th.to(logits.dtype) @ self.tw.to(logits.dtype).t()
+        if self.tb is not None:
+            zt = zt + self.tb
+        ls = torch.log_softmax(logits / self.temperature, 1)
+        lt = torch.log_softmax(zt / self.temperature, 1)
+        b = self.beta
+        if b == 0.0:
+            return (lt.exp() * (lt - ls)).sum(1)
+        if b == 1.0:
+            return (ls.exp() * (ls - lt)).sum(1)
+        lm = torch.logaddexp(lt + math.log(b), ls + math.log1p(-b))
+        return b * (lt.exp() * (lt - lm)).sum(1) + (1.0 - b) * (ls.exp() * (ls - lm)).sum(1)
 
 
 def run_chunks(
@@ -459,6 +495,55 @@ def _chunk_loop(
             grad_b.add_(z.sum(0), alpha=scale)  # type: ignore[union-attr]
 
 
+def _valid_rows(plan: RowPlan, n: int, device: torch.device) -> torch.Tensor | None:
+    """The rows that ``plan`` counts as a bool ``(n,)`` mask, or None when it counts every row."""
+    if plan.valid is not None:
+        return plan.valid
+    if all(isinstance(r, slice) for r in plan.chunks):
+        return None
+    mask = torch.zeros(n, dtype=torch.bool, device=device)
+    if plan.chunks:
+        mask[torch.cat([r for r in plan.chunks if isinstance(r, torch.Tensor)])] = True
+    return mask
+
+
+def _reference_grads(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    head: TokenHead,
+    plan: RowPlan,
+    per_token: bool,
+    scale: float,
+    need: tuple[bool, bool, bool],
+    grad_out: torch.Tensor,
+) -> tuple[torch.Tensor | None, ...]:
+    """Gradients that autograd can differentiate again (double backward), from the full logits.
+
+    The chunked kernel writes its gradients into buffers that autograd does not see; here the
+    ``(N, V)`` logits are formed whole, the head's plain :meth:`reference` code gives the losses and
+    ``torch.autograd.grad(..., create_graph=True)`` their gradients. Memory is that of the eager
+    computation (the logits and what autograd keeps for them), in exchange for exact higher-order
+    derivatives.
+    """
+    cdt = compute_dtype(hidden.dtype)
+    z = hidden.to(cdt) @ weight.to(cdt).t()
+    if bias is not None:
+        z = z + bias.to(cdt)
+    losses = head.reference(z)  # type: ignore[attr-defined]
+    valid = _valid_rows(plan, hidden.shape[0], hidden.device)
+    if valid is not None:
+        losses = torch.where(valid, losses, torch.zeros_like(losses))
+    if per_token:
+        total = (losses * grad_out.reshape(-1).to(cdt)).sum()
+    else:
+        total = losses.sum() * (grad_out.reshape(()).to(cdt) * scale)
+    inputs = [x for x, n in zip((hidden, weight, bias), need) if n]
+    grads = iter(torch.autograd.grad(total, inputs, create_graph=True, allow_unused=True))
+    out = [next(grads) if n else None for n in need]
+    return tuple(g if g is None else g.to(x.dtype) for g, x in zip(out, (hidden, weight, bias)))
+
+
 class FusedLinearLoss(torch.autograd.Function):
     """``scale * sum_i loss_i`` (``per_token=False``) or ``(loss_i)_i`` of ``head(hidden @ weight.T + b)``."""
 
@@ -490,10 +575,14 @@ class FusedLinearLoss(torch.autograd.Function):
         return losses.sum() * scale
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         hidden, weight, bias = ctx.saved_tensors
         need_h, need_w, need_b = ctx.need
+        if torch.is_grad_enabled():  # backward with create_graph=True
+            gh, gw, gb = _reference_grads(
+                hidden, weight, bias, ctx.head, ctx.plan, ctx.per_token, ctx.scale, ctx.need, grad_out
+            )
+            return gh, gw, gb, None, None, None, None, None, None, None
         if ctx.per_token:
             _, gh, gw, gb = run_chunks(
                 hidden,

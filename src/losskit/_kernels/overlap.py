@@ -16,7 +16,9 @@ these ``(N, C)`` tensors (``FP = P - TP``, ``FN = G - TP``) left to ordinary aut
     \frac{\partial L}{\partial x_{nki}} = v_i\, p_{nki}\,\big(w_{nki} - \textstyle\sum_c w_{nci}\, p_{nci}\big),\quad
     w_{nci} = \bar P_{nc}\, k\, p_{nci}^{k-1} + \overline{TP}_{nc}\, [y_{ni} = c]
 
-where the bars are the incoming gradients of ``TP`` and ``P`` (``G`` has no gradient).
+where the bars are the incoming gradients of ``TP`` and ``P`` (``G`` has no gradient). The bracket is
+evaluated as ``(w_k - w_m) - sum_c (w_c - w_m) p_c`` with ``m`` the most likely class at ``i`` (the same
+by ``sum_c p_c = 1``), which does not cancel where ``p_m`` is close to 1.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ._common import float_dtype
 from ._compile import run_kernel
@@ -68,6 +69,9 @@ def _build_backward(ignore_index: int | None, squared: bool) -> Callable:
         gps3 = gps.unsqueeze(2)
         w = gps3 * (2.0 * p) if squared else gps3.expand_as(p)
         w = w + torch.where(hit, gtp.unsqueeze(2), torch.zeros_like(p))
+        # w_k - sum_c w_c p_c = (w_k - w_m) - sum_c (w_c - w_m) p_c with m the most likely class: the
+        # dominant class adds exactly 0 to the sum, so p_m -> 1 keeps the small gradients' digits
+        w = w - w.gather(1, p.argmax(dim=1, keepdim=True))
         grad = p * (w - (w * p).sum(1, keepdim=True))
         if valid is not None:
             grad = torch.where(valid, grad, torch.zeros_like(grad))
@@ -87,7 +91,6 @@ class _ClassSums(torch.autograd.Function):
         return tp, ps, gs
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, gtp, gps, _ggs):  # type: ignore[override]
         x, y = ctx.saved_tensors
         ignore_index, squared = ctx.conf

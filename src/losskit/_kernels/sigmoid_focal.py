@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ._common import (
     ELEMENT_REDUCTIONS,
@@ -92,7 +91,6 @@ class _SigmoidFocal(torch.autograd.Function):
         return out * scale_for(reduction, x.numel()) if reduction == "mean" else out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
         x, t, pw = ctx.saved_tensors
         alpha, gamma, reduction = ctx.conf

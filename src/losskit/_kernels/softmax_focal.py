@@ -11,7 +11,8 @@ one log-sum-exp per row. Backward recomputes it from the saved inputs and writes
     \frac{\partial \ell_i}{\partial x_{ij}} = k_i\,(\delta_{j y_i} - p_{ij}),\quad
     k_i = -c_{y_i}\big[(1 - p)^\gamma - \gamma (1 - p)^{\gamma - 1} p \log p\big]_{p = p_{i y_i}}
 
-(``1 - p = -expm1(log p)``; for ``gamma < 1`` its power ``gamma - 1`` uses a base clamped at the
+(``log p`` from :func:`~losskit._kernels._common.softmax_parts` and ``1 - p = -expm1(log p)``, both
+accurate as ``p -> 1``; for ``gamma < 1`` its power ``gamma - 1`` uses a base clamped at the
 smallest normal number, the finite limit at saturation).
 """
 
@@ -20,9 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from ._common import dpow, float_dtype, ipow
+from ._common import dpow, float_dtype, ipow, softmax_parts
 from ._compile import run_kernel
 
 __all__ = ["softmax_focal_mean", "softmax_focal_rows", "softmax_focal_supports"]
@@ -31,23 +31,19 @@ __all__ = ["softmax_focal_mean", "softmax_focal_rows", "softmax_focal_supports"]
 def _row_terms(x: torch.Tensor, y: torch.Tensor, coef: torch.Tensor | None, ignore_index: int):
     """``(x, y_safe, e, z, log p_y, 1 - p_y, c)`` with ``e = exp(x - max)``, ``z = sum e`` per row.
 
-    The log-sum-exp is spelled out (max, exp, sum) rather than ``torch.logsumexp`` so that the
-    backward's softmax ``e / z`` reuses the same reduction (measured 25-30 % faster backward with
-    Inductor on CPU).
+    ``log p_y = (x_y - max) - log1p(rest)`` (:func:`~losskit._kernels._common.softmax_parts`): a
+    confident correct row keeps its small loss, which ``x_y - logsumexp(x)`` rounds to 0.
     """
     xf = x.to(float_dtype(x))
     valid = y != ignore_index
     yc = torch.where(valid, y, torch.zeros_like(y)).long()
-    m = xf.amax(dim=1, keepdim=True)
-    e = torch.exp(xf - m)
-    z = e.sum(dim=1, keepdim=True)
-    lse = (m + torch.log(z)).squeeze(1)
-    lp = xf.gather(1, yc.unsqueeze(1)).squeeze(1) - lse
+    a, e, rest, l1p = softmax_parts(xf, 1)
+    lp = (a.gather(1, yc.unsqueeze(1)) - l1p).squeeze(1)
     omp = -torch.expm1(lp)
     c = valid.to(xf.dtype)
     if coef is not None:
         c = c * coef.to(xf.dtype)[yc]
-    return xf, yc, e, z, lp, omp, c
+    return xf, yc, e, 1.0 + rest, lp, omp, c
 
 
 def _build_forward(gamma: float, ignore_index: int, scalar: float) -> Callable:
@@ -68,8 +64,9 @@ def _build_backward(gamma: float, ignore_index: int, scalar: float) -> Callable:
             dl = dl - dpow(omp, gamma) * torch.exp(lp) * lp
         k = (-(scalar * c) * dl * g).unsqueeze(1)
         classes = torch.arange(xf.shape[1], device=xf.device).unsqueeze(0)
-        onehot = (classes == yc.unsqueeze(1)).to(xf.dtype)
-        return (k * (onehot - e / z)).to(x.dtype)
+        # k (onehot - p), with 1 - p_y taken from log p_y (no cancellation as p_y -> 1)
+        onehot = classes == yc.unsqueeze(1)
+        return (k * torch.where(onehot, omp.unsqueeze(1), -e / z)).to(x.dtype)
 
     return backward
 
@@ -84,7 +81,6 @@ class _SoftmaxFocalRows(torch.autograd.Function):
         return run_kernel(key, lambda: _build_forward(gamma, ignore_index, scalar), x.numel(), *args)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
         x, y, coef = ctx.saved_tensors
         scalar, gamma, ignore_index = ctx.conf
@@ -122,7 +118,6 @@ class _SoftmaxFocalMean(torch.autograd.Function):
         return rows.sum() / _mean_denominator(y, weight, ignore_index, rows.dtype)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
         x, y, coef, weight = ctx.saved_tensors
         scalar, gamma, ignore_index = ctx.conf
