@@ -211,38 +211,52 @@ def check_class_target(
     ignore_index: int | None = -100,
     input_name: str = "input",
     target_name: str = "target",
-) -> None:
+) -> bool | None:
     """Class-index target for an ``(N, C, d1, ...)`` input: shape ``(N, d1, ...)``, integer, in ``[0, C)``.
 
-    Entries equal to ``ignore_index`` are allowed anywhere.
+    Entries equal to ``ignore_index`` are allowed anywhere. Returns what :func:`check_class_range`
+    returns (whether an entry equals ``ignore_index``, ``None`` when values were not read).
     """
     check_integer(target_name, target)
+    check_same_device((input_name, input), (target_name, target))
     expected = (input.shape[0], *input.shape[2:])
     if tuple(target.shape) != expected:
         raise LossValueError(
             f"{target_name} has shape {shape_str(target.shape)}, expected {shape_str(expected)} "
             f"to match {input_name} of shape {shape_str(input.shape)} (class axis is dim 1)"
         )
-    check_class_range(target_name, target, input.shape[1], ignore_index)
+    return check_class_range(target_name, target, input.shape[1], ignore_index)
 
 
 def check_class_range(
     name: str, target: torch.Tensor, num_classes: int, ignore_index: int | None = None
-) -> None:
-    """Class indices in ``[0, num_classes)`` (entries equal to ``ignore_index`` allowed); a value check."""
-    if can_read_values(target) and target.numel() > 0:
-        # one elementwise pass and one host sync on the happy path (no boolean indexing)
-        out = (target < 0) | (target >= num_classes)
-        if ignore_index is not None:
-            out &= target != ignore_index
-        if bool(out.any()):
-            bad = target[out]
-            lo = int(bad.min())
-            extra = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
-            raise LossValueError(
-                f"{name} contains class index {lo if lo < 0 else int(bad.max())}, "
-                f"expected values in [0, {num_classes}){extra}"
-            )
+) -> bool | None:
+    """Class indices in ``[0, num_classes)`` (entries equal to ``ignore_index`` allowed); a value check.
+
+    Returns whether some entry equals ``ignore_index`` (``False`` for an empty target), or ``None``
+    when the values were not read (value checks off, tracing, meta tensors). Callers may skip
+    masking when it is ``False``.
+    """
+    if target.numel() == 0:
+        return False
+    if not can_read_values(target):
+        return None
+    # happy path: one reduction and one host sync
+    lo, hi = (int(v) for v in torch.aminmax(target))
+    if 0 <= lo and hi < num_classes:
+        return ignore_index is not None and lo <= ignore_index <= hi and bool((target == ignore_index).any())
+    out = (target < 0) | (target >= num_classes)
+    if ignore_index is not None:
+        out &= target != ignore_index
+    if bool(out.any()):
+        bad = target[out]
+        low = int(bad.min())
+        extra = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+        raise LossValueError(
+            f"{name} contains class index {low if low < 0 else int(bad.max())}, "
+            f"expected values in [0, {num_classes}){extra}"
+        )
+    return True  # the out-of-range entries all equal ignore_index
 
 
 def value_range(x: torch.Tensor) -> tuple[float, float]:

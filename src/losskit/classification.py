@@ -125,8 +125,13 @@ def _class_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
     return t.view(1, -1, *([1] * (ndim - 2)))
 
 
-def _multiclass_target(input: torch.Tensor, target: torch.Tensor, ignore_index: int) -> bool:
-    """Check a multi-class ``(input, target)`` pair; return True for probability targets."""
+def _multiclass_target(input: torch.Tensor, target: torch.Tensor, ignore_index: int) -> tuple[bool, int | None]:
+    """Check a multi-class ``(input, target)`` pair.
+
+    Returns ``(probability_target, ignore)``: ``ignore`` is the ``ignore_index`` to mask with, or
+    ``None`` when the value check found no entry equal to it (probability targets have none), so the
+    loss can skip masking.
+    """
     check_floating("input", input)
     check_min_ndim("input", input, 2, "(N, C) or (N, C, d1, ...) with classes on dim 1")
     check_tensor("target", target)
@@ -140,9 +145,9 @@ def _multiclass_target(input: torch.Tensor, target: torch.Tensor, ignore_index: 
                 "(class indices must be an integer tensor)"
             )
         check_prob_target("target", target.detach())
-        return True
-    check_class_target(input, target, ignore_index=ignore_index)
-    return False
+        return True, None
+    ignored = check_class_target(input, target, ignore_index=ignore_index)
+    return False, None if ignored is False else ignore_index
 
 
 def _prepare_weight(
@@ -177,7 +182,7 @@ def _soft_class_sum(
     *,
     prob_target: bool,
     weight: torch.Tensor | None,
-    ignore_index: int,
+    ignore_index: int | None,
     label_smoothing: float,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Expected per-class term under the (smoothed) target distribution, weighted like torch's CE.
@@ -201,8 +206,11 @@ def _soft_class_sum(
         if wv is not None:
             full = full * wv
         return full.sum(1), None, None
-    mask = target != ignore_index
-    safe = torch.where(mask, target, target.new_zeros(())).long()
+    if ignore_index is None:  # no entry is ignored: no mask
+        mask, safe = None, target.long()
+    else:
+        mask = target != ignore_index
+        safe = torch.where(mask, target, target.new_zeros(())).long()
     idx = safe.unsqueeze(1)
     loss = term(logp.gather(1, idx), idx).squeeze(1)
     w_y = None
@@ -288,18 +296,21 @@ def cross_entropy_loss(
         tensor(0.)
     """
     eps = _check_common(reduction, normalizer, label_smoothing)
-    prob = _multiclass_target(input, target, ignore_index)
+    prob, ignore = _multiclass_target(input, target, ignore_index)
     x = upcast(input)
     w = _prepare_weight("weight", weight, input, x.dtype)
-    t = target.to(x.dtype) if prob else target
-    # ignore_index picks out class-index entries; probability targets have none (torch rejects it there)
-    loss = _cross_entropy_math(x, t, w, -100 if prob else ignore_index, eps)
     if prob:
+        # ignore_index picks out class-index entries; probability targets have none (torch rejects it)
+        loss = _cross_entropy_math(x, target.to(x.dtype), w, -100, eps)
         return _reduce(loss, reduction, normalizer=normalizer)
-    mask = target != ignore_index
+    if ignore is None and w is None and normalizer is None and reduction == "mean" and target.numel():
+        # nothing ignored, no weights: torch's own mean is ours (one op)
+        return F.cross_entropy(x, target, reduction="mean", label_smoothing=eps)
+    loss = _cross_entropy_math(x, target, w, ignore_index, eps)
+    mask = None if ignore is None else target != ignore
     denom = None
     if w is not None:
-        denom = w[torch.where(mask, target, target.new_zeros(())).long()]
+        denom = w[(target if mask is None else torch.where(mask, target, target.new_zeros(()))).long()]
     return _reduce(loss, reduction, mask=mask, denom=denom, normalizer=normalizer)
 
 
@@ -384,7 +395,7 @@ def _focal_math(
     alpha: float | torch.Tensor,
     gamma: float,
     weight: torch.Tensor | None,
-    ignore_index: int,
+    ignore_index: int | None,
     label_smoothing: float,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Softmax focal loss of log-probabilities; returns ``(element_loss, mask, denominator_weight)``."""
@@ -471,7 +482,7 @@ def focal_loss(
     eps = _check_common(reduction, normalizer, label_smoothing)
     g = _check_gamma(gamma)
     a = _alpha_tensor(alpha)
-    prob = _multiclass_target(input, target, ignore_index)
+    prob, ignore = _multiclass_target(input, target, ignore_index)
     cdt = compute_dtype(input)
     w = _prepare_weight("weight", weight, input, cdt)
     if isinstance(a, torch.Tensor):
@@ -499,7 +510,7 @@ def focal_loss(
         alpha=a,
         gamma=g,
         weight=w,
-        ignore_index=ignore_index,
+        ignore_index=ignore,
         label_smoothing=eps,
     )
     return _reduce(loss, reduction, mask=mask, denom=denom, normalizer=normalizer)
@@ -573,7 +584,7 @@ def _poly1_math(
     prob_target: bool,
     epsilon: float,
     weight: torch.Tensor | None,
-    ignore_index: int,
+    ignore_index: int | None,
     label_smoothing: float,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Poly-1 cross-entropy of log-probabilities; returns ``(element_loss, mask, denominator_weight)``."""
@@ -622,7 +633,7 @@ def poly1_cross_entropy_loss(
     """
     e = float(check_number("epsilon", epsilon, low=-1.0))
     eps = _check_common(reduction, normalizer, label_smoothing)
-    prob = _multiclass_target(input, target, ignore_index)
+    prob, ignore = _multiclass_target(input, target, ignore_index)
     x = upcast(input)
     w = _prepare_weight("weight", weight, input, x.dtype)
     loss, mask, denom = _poly1_math(
@@ -631,7 +642,7 @@ def poly1_cross_entropy_loss(
         prob_target=prob,
         epsilon=e,
         weight=w,
-        ignore_index=ignore_index,
+        ignore_index=ignore,
         label_smoothing=eps,
     )
     return _reduce(loss, reduction, mask=mask, denom=denom, normalizer=normalizer)
@@ -1046,7 +1057,7 @@ def multiclass_hinge_loss(
     check_choice("mode", mode, _HINGE_MODES)
     check_reduction(reduction)
     check_normalizer(normalizer, reduction)
-    if _multiclass_target(input, target, ignore_index):
+    if _multiclass_target(input, target, ignore_index)[0]:
         raise LossValueError(
             "multiclass_hinge_loss needs class-index targets (integer tensor), got a floating target"
         )
