@@ -94,3 +94,34 @@ def test_a_list_instead_of_a_tensor_is_a_type_error(name):
     with pytest.raises(LossTypeError, match=r"torch\.Tensor|tensor") as info:
         _module(name)(*args)
     assert _names_an_argument(str(info.value), name), str(info.value)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"from_logits": False},  # value check on the probabilities
+        {"weight": torch.ones(3)},  # value check on the class weight
+        {"dense": True},  # value check on a dense target
+        {"ignore_index": 1},
+    ],
+)
+def test_dice_options_skip_value_checks_on_meta(kw):
+    kw = dict(kw)
+    x = torch.rand(2, 3, 4, 4, device="meta")
+    t = torch.randint(0, 3, (2, 4, 4)).to("meta")
+    if kw.pop("dense", False):
+        t = torch.rand(2, 3, 4, 4, device="meta")
+    if "weight" in kw:
+        kw["weight"] = kw["weight"].to("meta")
+    assert losskit.functional.dice_loss(x, t, **kw).is_meta
+
+
+@pytest.mark.parametrize("fn", ["focal_loss", "sigmoid_focal_loss"])
+def test_focal_per_class_alpha_skips_value_checks_on_meta(fn):
+    if fn == "focal_loss":
+        x, t = torch.randn(4, 3, device="meta"), torch.zeros(4, dtype=torch.long, device="meta")
+        out = losskit.functional.focal_loss(x, t, alpha=torch.ones(3, device="meta"))
+    else:
+        x = torch.randn(4, 3, device="meta")
+        out = losskit.functional.sigmoid_focal_loss(x, torch.ones(4, 3, device="meta"), reduction="mean")
+    assert out.is_meta

@@ -55,7 +55,6 @@ from ._checks import (
     check_same_device,
     check_tensor,
     shape_str,
-    value_checks_enabled,
 )
 from ._kernels._compile import use_fused_kernel
 from ._kernels.asymmetric import asymmetric as _fused_asymmetric
@@ -235,7 +234,7 @@ def _alpha_tensor(alpha: AlphaLike, name: str = "alpha") -> float | torch.Tensor
             raise LossValueError(
                 f"{name} must be a number or a 1-D per-class tensor, got shape {shape_str(alpha.shape)}"
             )
-        if value_checks_enabled() and bool((~torch.isfinite(alpha) | (alpha < 0)).any()):
+        if can_read_values(alpha) and bool((~torch.isfinite(alpha) | (alpha < 0)).any()):
             raise LossValueError(f"{name} must have finite non-negative entries")
         return alpha
     return float(check_number(name, alpha, low=0.0))

@@ -75,6 +75,7 @@ from torch import nn
 from ._checks import (
     LossTypeError,
     LossValueError,
+    can_read_values,
     check_choice,
     check_class_target,
     check_floating,
@@ -86,7 +87,6 @@ from ._checks import (
     check_same_device,
     check_tensor,
     shape_str,
-    value_checks_enabled,
     value_range,
 )
 from ._kernels._compile import use_fused_kernel
@@ -142,7 +142,7 @@ def _check_weight(weight: torch.Tensor | None) -> None:
         raise LossValueError(
             f"weight has shape {shape_str(weight.shape)}, expected (C,): one entry per class"
         )
-    if value_checks_enabled() and bool((weight < 0).any()):
+    if can_read_values(weight) and bool((weight < 0).any()):
         raise LossValueError("weight must be non-negative")
 
 
@@ -155,7 +155,7 @@ def _dense_target(input: torch.Tensor, target: torch.Tensor, dtype: torch.dtype)
     if target.is_complex():
         raise LossTypeError(f"target must be real, got dtype {target.dtype}")
     g = target.to(dtype)
-    if value_checks_enabled() and g.numel() > 0:
+    if can_read_values(g) and g.numel() > 0:
         lo, hi = value_range(g)
         if not (lo >= 0.0 and hi <= 1.0):
             raise LossValueError(f"target must have values in [0, 1], got range [{lo:g}, {hi:g}]")
@@ -220,7 +220,7 @@ def _overlap_stats(
     elif from_logits:
         p = torch.softmax(x, dim=1) if mode == "multiclass" else torch.sigmoid(x)
     else:
-        if value_checks_enabled() and x.numel() > 0:
+        if can_read_values(x) and x.numel() > 0:
             lo, hi = value_range(x)
             if not (lo >= 0.0 and hi <= 1.0):
                 raise LossValueError(
