@@ -8,6 +8,7 @@ which takes tens of seconds per kernel on a small CPU.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -15,8 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import losskit
 import losskit.functional as LF
 from harness import assert_gradcheck, assert_matches_reference, extreme_logits, value_and_grads
+from losskit import LossTypeError, LossValueError
 from losskit._kernels import _compile, fused_kernels
 from losskit._kernels.asymmetric import asymmetric, asymmetric_supports
 from losskit._kernels.distill import distill_supports, jsd_rows, kd_rows
@@ -1100,3 +1103,81 @@ def test_class_sums_kernel_tails_relative_precision(squared):
         for c in range(3):
             ref[c][i] = mp.diff(lambda *r, lb=label: f(lb, *r), row, tuple(int(j == c) for j in range(3)))
     _assert_tail_close(gx, [r for per_class in ref for r in per_class], "gradient")
+
+
+def test_default_dispatch_compiled_kernel_keeps_tails():
+    """The default dispatch at 512 x 512 (the compiled kernel, Inductor) keeps the loss and gradient of
+    confident positives (one compile of each direction: tens of seconds on a small CPU)."""
+    saved = (_compile._ENABLED, _compile._MIN_NUMEL, _compile._BACKEND)
+    _compile.set_compile_kernels(True, min_numel=1 << 18, backend="inductor")
+    try:
+        x = torch.randn(512, 512, generator=gen(90))
+        x[0, :4] = torch.tensor([5.0, 10.0, 15.0, 20.0])
+        x = x.requires_grad_()
+        t = torch.ones(512, 512)
+        with fused_kernels("auto"):
+            out = LF.sigmoid_focal_loss(x, t, alpha=-1, gamma=2, reduction="none")
+            (gx,) = torch.autograd.grad(out.sum(), x)
+        assert "_SigmoidFocalBackward" in _graph_names(out)
+        assert any(k[0] == "sigmoid_focal.fwd" for k in _compile.compiled_keys())
+    finally:
+        _compile.set_compile_kernels(saved[0], min_numel=saved[1], backend=saved[2])
+    v = x[0, :4].detach().double()
+    q = torch.sigmoid(-v)  # 1 - p, exact in float64 here
+    sp = torch.log1p(torch.exp(-v))  # -log p
+    torch.testing.assert_close(out[0, :4].double(), sp * q**2, rtol=2e-5, atol=0)
+    # d/dx [sp q^2] = -q^3 - 2 sp q^2 p
+    torch.testing.assert_close(gx[0, :4].double(), -(q**3) - 2 * sp * q**2 * (1 - q), rtol=2e-5, atol=0)
+
+
+# ----------------------------------------------------------------------------- compile log and warmup
+
+
+def _info_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "losskit" and r.levelno == logging.INFO]
+
+
+def test_each_compile_logs_one_info_line_and_warmup_compiles_ahead(caplog):
+    saved = (_compile._ENABLED, _compile._MIN_NUMEL, _compile._BACKEND)
+    _compile.set_compile_kernels(True, min_numel=64, backend="aot_eager")  # a new backend: empty cache
+    try:
+        with fused_kernels("auto"), caplog.at_level(logging.INFO, logger="losskit"):
+            opts = {"alpha": 0.4, "gamma": 1.0, "reduction": "sum"}
+            assert losskit.warmup({"sigmoid_focal": opts}) == ["sigmoid_focal.fwd", "sigmoid_focal.bwd"]
+            lines = _info_lines(caplog)
+            assert len(lines) == 2, lines
+            assert lines[0].startswith(
+                "losskit: compiling fused kernel sigmoid_focal.fwd(0.4, 1.0, 'sum', False) for "
+                "float32 cpu 2-D, float32 cpu 2-D with torch.compile (backend 'aot_eager')"
+            ), lines[0]
+            assert "sigmoid_focal.bwd" in lines[1] and "losskit.warmup" in lines[1]
+            caplog.clear()
+            # a training call of another batch size reuses the warmed kernels: nothing compiled or logged
+            x = torch.randn(9, 13, generator=gen(70), requires_grad=True)
+            t = (torch.rand(9, 13, generator=gen(71)) < 0.3).float()
+            LF.sigmoid_focal_loss(x, t, **opts).backward()
+            assert _info_lines(caplog) == []
+            assert losskit.warmup({"sigmoid_focal": opts}) == []
+            # other hyperparameters are another kernel
+            assert losskit.warmup(["sigmoid_focal"], backward=False) == ["sigmoid_focal.fwd"]
+            assert len(_info_lines(caplog)) == 1
+    finally:
+        _compile.set_compile_kernels(saved[0], min_numel=saved[1], backend=saved[2])
+
+
+def test_warmup_does_nothing_without_compiled_kernels_and_checks_names():
+    with fused_kernels(False):
+        assert losskit.warmup() == []
+    saved = _compile._ENABLED
+    _compile.set_compile_kernels(False)
+    try:
+        with fused_kernels("auto"):
+            assert losskit.warmup(["focal", "dice"]) == []
+    finally:
+        _compile.set_compile_kernels(saved)
+    with pytest.raises(LossValueError, match=r"losses names 'dicee', expected one of \['asymmetric', "):
+        losskit.warmup(["dicee"])
+    with pytest.raises(
+        LossTypeError, match="losses must be a list of loss names or a mapping, got the string 'dice'"
+    ):
+        losskit.warmup("dice")

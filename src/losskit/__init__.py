@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import distributed, functional, registry
 from ._checks import LossTypeError, LossValueError, set_value_checks
+from ._kernels.warmup import warmup
 from .classification import *
 from .classification import __all__ as _classification_all
 from .detection import *
@@ -41,6 +42,7 @@ __all__ = [
     "functional",
     "registry",
     "set_value_checks",
+    "warmup",
     *_classification_all,
     *_detection_all,
     *_distillation_all,

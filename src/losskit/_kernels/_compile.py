@@ -19,6 +19,13 @@ nothing but its inputs for backward, but it recomputes in backward with the ordi
 measured up to 3.7x slower than the plain reference code on inputs below the threshold (e.g. sigmoid
 focal at 256x1000: 7.7 vs 2.2 ms, 2 threads), so small inputs take the reference code.
 
+**Logging**: each compile is announced by one ``INFO`` line on the ``'losskit'`` logger (when it
+starts, so that a stall has a cause; a ``DEBUG`` line gives its duration), e.g. ``losskit: compiling
+fused kernel sigmoid_focal.fwd(0.25, 2.0, 'mean', False) for float32 cpu 2-D, float32 cpu 2-D with
+torch.compile ...``. Python's logging shows ``INFO`` only where configured to (``logging.basicConfig(
+level=logging.INFO)``); ``logging.getLogger('losskit').setLevel(logging.WARNING)`` silences it.
+:func:`losskit.warmup` compiles the kernels of chosen losses ahead of training.
+
 Switches:
 
 * ``LOSSKIT_FUSED_KERNELS=0`` in the environment, or :func:`set_fused_kernels(False) <set_fused_kernels>`
@@ -36,7 +43,9 @@ Switches:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
 import warnings
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Literal
@@ -45,6 +54,7 @@ import torch
 
 __all__ = [
     "compile_kernels_enabled",
+    "compiled_kernels",
     "compiled_keys",
     "fused_kernels",
     "fused_kernels_enabled",
@@ -74,6 +84,9 @@ _BACKEND = os.environ.get("LOSSKIT_KERNEL_BACKEND", "inductor")
 _CACHE: dict[Hashable, Callable[..., Any]] = {}
 _EAGER: dict[Hashable, Callable[..., Any]] = {}
 _FAILED: set[Hashable] = set()
+# (key, argument signature) pairs run compiled so far: a new one is a compile (logged)
+_COMPILED: dict[tuple[Hashable, tuple[Any, ...]], None] = {}
+_LOG = logging.getLogger("losskit")
 
 
 def set_fused_kernels(enabled: bool | str) -> FusedMode:
@@ -142,6 +155,7 @@ def set_compile_kernels(enabled: bool, min_numel: int | None = None, backend: st
         _BACKEND = backend
         _CACHE.clear()
         _FAILED.clear()
+        _COMPILED.clear()
 
 
 def compile_kernels_enabled() -> bool:
@@ -171,8 +185,23 @@ def run_kernel(key: Hashable, build: Callable[[], Callable[..., Any]], numel: in
     fn = _CACHE.get(key)
     if fn is None:
         fn = _CACHE[key] = torch.compile(build(), dynamic=True, fullgraph=True, backend=_BACKEND)
+    sig = _signature(args)
+    first = (key, sig) not in _COMPILED
     try:
-        return fn(*args)
+        if not first:
+            return fn(*args)
+        _LOG.info(
+            "losskit: compiling fused kernel %s for %s with torch.compile (backend %r); a first call "
+            "takes seconds to a minute, later calls reuse it (losskit.warmup compiles ahead)",
+            _describe(key),
+            _describe_args(sig),
+            _BACKEND,
+        )
+        start = time.perf_counter()
+        out = fn(*args)
+        _COMPILED[(key, sig)] = None
+        _LOG.debug("losskit: compiled %s in %.1f s", _describe(key), time.perf_counter() - start)
+        return out
     except Exception as err:  # pragma: no cover - depends on the toolchain
         _FAILED.add(key)
         warnings.warn(
@@ -182,6 +211,30 @@ def run_kernel(key: Hashable, build: Callable[[], Callable[..., Any]], numel: in
             stacklevel=3,
         )
         return _eager(key, build)(*args)
+
+
+def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What makes torch.compile build a new kernel for the same key: dtype, device and rank of each
+    tensor argument (sizes are dynamic), ``None`` for anything else."""
+    return tuple((a.dtype, a.device.type, a.dim()) if isinstance(a, torch.Tensor) else None for a in args)
+
+
+def _describe(key: Hashable) -> str:
+    if isinstance(key, tuple) and key:
+        params = ", ".join(repr(k) for k in key[1:])
+        return f"{key[0]}({params})"
+    return str(key)
+
+
+def _describe_args(sig: tuple[Any, ...]) -> str:
+    parts = [f"{str(d).replace('torch.', '')} {dev} {n}-D" for d, dev, n in (s for s in sig if s is not None)]
+    return ", ".join(parts) or "no tensors"
+
+
+def compiled_kernels() -> list[str]:
+    """Names of the kernels compiled so far in this process, one per compile (e.g.
+    ``'sigmoid_focal.fwd'``; a kernel compiled for two dtypes is listed twice)."""
+    return [k[0] if isinstance(k, tuple) else str(k) for k, _ in _COMPILED]
 
 
 def compiled_keys() -> list[Hashable]:
