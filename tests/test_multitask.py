@@ -136,14 +136,10 @@ def test_missing_extra_keys_and_bad_configs():
         MultiTaskLoss()(1, 2, 3)
     with pytest.raises(LossValueError, match=r"task 'b' returned shape \(6,\); a task loss must be a scalar"):
         MultiTaskLoss(tasks={"a": nn.CrossEntropyLoss(), "b": nn.MSELoss(reduction="none")})(preds, targets)
-    with pytest.raises(LossValueError, match=r"got 3 weights for 2 tasks \['a', 'b'\]"):
-        MultiTaskLoss(tasks={"a": nn.MSELoss(), "b": nn.MSELoss()}, weights=[1, 2, 3])
     with pytest.raises(LossValueError, match="weighting must be one of 'fixed', 'uncertainty', 'dwa', 'rlw'"):
         MultiTaskLoss(tasks={"a": nn.MSELoss()}, weighting="pcgrad")
     with pytest.raises(LossValueError, match="weights are only used with weighting='fixed'"):
         MultiTaskLoss(tasks={"a": nn.MSELoss()}, weighting="dwa", weights=[1.0])
-    with pytest.raises(LossValueError, match="the weighting is built for 3 tasks, but there are 1"):
-        MultiTaskLoss(tasks={"a": nn.MSELoss()}, weighting=DWA(3))
     with pytest.raises(LossValueError, match="cls_weight / reg_weight / aux_weight belong to the seed form"):
         MultiTaskLoss(2.0, tasks={"a": nn.MSELoss()})
     with pytest.raises(LossValueError, match=r"cls_weight must be >= 0.0, got -1"):
@@ -552,3 +548,83 @@ def test_last_weights_is_a_snapshot_not_the_live_parameter():
     assert any(not torch.equal(b, p) for b, p in zip(before, mtl.parameters()))  # the weights did move
     for k, v in mtl.last_weights.items():
         torch.testing.assert_close(v, seen[k], rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- devices, dtypes and argument names in errors
+
+SEED_ARGS = ("cls_preds", "cls_targets", "reg_preds", "reg_targets", "aux_preds", "aux_targets")
+
+
+@pytest.mark.parametrize("moved", range(6))
+def test_seed_form_input_on_another_device_is_named(moved):
+    args = list(_seed_batch(8, 30))
+    args[moved] = args[moved].to("meta")
+    if moved == 0:
+        expected = r"cls_targets is on cpu, expected meta like cls_preds"
+    else:
+        expected = rf"{SEED_ARGS[moved]} is on meta, expected cpu like cls_preds"
+    with pytest.raises(LossValueError, match=expected):
+        MultiTaskLoss()(*args)
+    out = MultiTaskLoss().to("meta")(*[a.to("meta") for a in _seed_batch(8, 30)])
+    assert out.is_meta and out.dim() == 0
+
+
+def test_seed_form_messages_name_the_seed_arguments():
+    cp, ct, rp, rt, ap, at = _seed_batch(8, 31)
+    with pytest.raises(
+        LossValueError, match=r"cls_preds must be \(N, C\) or \(N, C, d1, \.\.\.\), got shape \(10,\)"
+    ):
+        MultiTaskLoss()(cp[0], ct[0], rp, rt, ap, at)
+    with pytest.raises(LossValueError, match=r"cls_targets must have values in \[0.0, 1.0\], got range"):
+        MultiTaskLoss()(cp, torch.rand(8, 10) * 3, rp, rt, ap, at)
+    for i, name in enumerate(SEED_ARGS):
+        args = list(_seed_batch(8, 31))
+        if not args[i].is_floating_point():
+            continue
+        args[i] = args[i].to(torch.complex64)
+        with pytest.raises(
+            LossTypeError, match=rf"{name} must be a floating-point tensor, got dtype torch.complex64"
+        ):
+            MultiTaskLoss()(*args)
+    with pytest.raises(
+        LossTypeError,
+        match="cls_targets must be an integer tensor of class indices, got dtype torch.complex64",
+    ):
+        MultiTaskLoss()(cp, ct.to(torch.complex64), rp, rt, ap, at)
+
+
+def test_general_form_errors_name_the_task():
+    preds, targets = _two_task_batch(32)
+    mtl = MultiTaskLoss(tasks={"a": "cross_entropy", "b": "huber"})
+    with pytest.raises(LossValueError, match=r"task 'a': target contains class index 9"):
+        mtl(preds, {**targets, "a": torch.full((6,), 9)})
+    # tasks whose losses end up on different devices
+    with pytest.raises(LossValueError, match=r"task 'b' returned a loss on cpu, expected meta like task 'a'"):
+        mtl({**preds, "a": preds["a"].to("meta")}, {**targets, "a": targets["a"].to("meta")})
+
+
+@pytest.mark.parametrize("weighting", ["fixed", "uncertainty", "dwa", "gradnorm"])
+def test_weighting_on_another_device_than_the_losses_is_named(weighting):
+    preds, targets = _two_task_batch(33)
+    mtl = MultiTaskLoss(tasks={"a": nn.CrossEntropyLoss(), "b": nn.MSELoss()}, weighting=weighting).to("meta")
+    with pytest.raises(LossValueError, match=r"preds is on cpu, expected meta like the weighting's \w+"):
+        mtl(preds, targets)
+    with pytest.raises(LossValueError, match=r"losses is on cpu, expected meta like the weighting's \w+"):
+        mtl.weighting(torch.ones(2))
+    with pytest.raises(LossValueError, match=r"losses has shape \(3,\), expected \(2,\): one loss per task"):
+        mtl.weighting.to_empty(device="cpu")(torch.ones(3))
+    with pytest.raises(LossTypeError, match=r"losses must be a floating-point tensor"):
+        mtl.weighting(torch.ones(2, dtype=torch.long))
+
+
+def test_task_count_messages_name_the_argument():
+    with pytest.raises(LossValueError, match=r"weights has 3 entries, expected 2: one per task \['a', 'b'\]"):
+        MultiTaskLoss(tasks={"a": nn.MSELoss(), "b": nn.MSELoss()}, weights=[1, 2, 3])
+    with pytest.raises(LossValueError, match=r"weights has 3 entries, expected num_tasks=2"):
+        FixedWeighting([1.0, 2.0, 3.0], num_tasks=2)
+    with pytest.raises(
+        LossValueError, match=r"weighting is built for 3 tasks, expected 1: one per task \['a'\]"
+    ):
+        MultiTaskLoss(tasks={"a": nn.MSELoss()}, weighting=DWA(3))
+    with pytest.raises(LossTypeError, match=r"tasks has a key that is not a string: 1"):
+        MultiTaskLoss(tasks={1: nn.MSELoss()})

@@ -19,6 +19,7 @@ NeurIPS 2022); weighting matters when the scales differ (e.g. a regression targe
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -33,7 +34,10 @@ from ._checks import (
     check_class_target,
     check_floating,
     check_int,
+    check_min_ndim,
     check_number,
+    check_prob_target,
+    check_same_device,
     check_same_shape,
     shape_str,
 )
@@ -78,6 +82,18 @@ class Weighting(nn.Module):
     def forward(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 
+    def check_losses(self, losses: Any, name: str = "losses") -> torch.Tensor:
+        """``losses`` must be a floating ``(K,)`` tensor on the device of this weighting's parameters and
+        buffers; errors call it ``name`` (:class:`MultiTaskLoss` passes the argument its user gave)."""
+        check_floating(name, losses)
+        for pname, t in itertools.chain(self.named_parameters(), self.named_buffers()):
+            check_same_device((f"the weighting's {pname}", t), (name, losses))
+        if losses.shape != (self.num_tasks,):
+            raise LossValueError(
+                f"{name} has shape {shape_str(losses.shape)}, expected ({self.num_tasks},): one loss per task"
+            )
+        return losses
+
     def epoch_end(self) -> None:
         """Called by :meth:`MultiTaskLoss.epoch_end` once per epoch; no-op unless a strategy needs it."""
 
@@ -110,11 +126,12 @@ class FixedWeighting(Weighting):
             for i, v in enumerate(values):
                 check_number(f"weights[{i}]", v, low=0.0)
             if num_tasks is not None and len(values) != num_tasks:
-                raise LossValueError(f"got {len(values)} weights for {num_tasks} tasks")
+                raise LossValueError(f"weights has {len(values)} entries, expected num_tasks={num_tasks}")
         super().__init__(len(values))
         self.register_buffer("weights", torch.tensor(values, dtype=torch.float32))
 
     def forward(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_losses(losses)
         w = self.weights.to(losses.dtype)
         return (w * losses).sum(), w
 
@@ -146,6 +163,7 @@ class UncertaintyWeighting(Weighting):
         self.log_vars = nn.Parameter(torch.full((num_tasks,), float(check_number("init", init))))
 
     def forward(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_losses(losses)
         s = self.log_vars.to(losses.dtype)
         scale = 0.5 if self.form == "half" else 1.0
         precision = scale * torch.exp(-s)
@@ -194,6 +212,7 @@ class DWA(Weighting):
         return torch.where(self.epochs >= 2, w, torch.ones_like(w))
 
     def forward(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_losses(losses)
         if self.training and torch.is_grad_enabled():
             with torch.no_grad():
                 self.epoch_sum += losses.detach().to(torch.float64)
@@ -250,6 +269,7 @@ class RandomLossWeighting(Weighting):
             self.generator = torch.Generator().manual_seed(seed)
 
     def forward(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_losses(losses)
         if self.training:
             if self.generator is not None:
                 lam = torch.randn(self.num_tasks, generator=self.generator).to(losses.device)
@@ -278,6 +298,7 @@ class GeometricLossStrategy(Weighting):
     """
 
     def forward(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_losses(losses)
         safe = losses.clamp_min(torch.finfo(losses.dtype).tiny)
         geo = torch.exp(torch.log(safe).mean())
         # a zero task loss makes the product 0: return an exact (graph-connected) zero
@@ -350,6 +371,7 @@ class GradNorm(Weighting):
         self.weights.copy_(w * (self.num_tasks / w.sum()))
 
     def forward(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_losses(losses)
         if torch.is_grad_enabled() and self.training:
             self.renormalize()
         w = self.weights.detach().to(losses.dtype)
@@ -405,16 +427,17 @@ _WEIGHTINGS: dict[str, type[Weighting]] = {
 
 def _make_weighting(
     weighting: str | Weighting,
-    num_tasks: int,
+    names: list[str],
     weights: Sequence[float] | None,
     options: Mapping[str, Any] | None,
 ) -> Weighting:
+    num_tasks = len(names)
     if isinstance(weighting, Weighting):
         if weights is not None or options:
             raise LossValueError("weights / weighting_options are only used when weighting is given by name")
         if weighting.num_tasks != num_tasks:
             raise LossValueError(
-                f"the weighting is built for {weighting.num_tasks} tasks, but there are {num_tasks}"
+                f"weighting is built for {weighting.num_tasks} tasks, expected {num_tasks}: one per task {names}"
             )
         return weighting
     if not isinstance(weighting, str):
@@ -448,10 +471,19 @@ def _check_seed_inputs(preds: Mapping[str, Any], targets: Mapping[str, Any]) -> 
     (``(N, 1)`` against ``(N,)`` gives an ``(N, N)`` difference), so the shapes are checked here.
     """
     cls_preds = check_floating("cls_preds", preds["cls"])
+    check_same_device(
+        *(
+            (f"{task}_{kind}", m[task])
+            for task in _SEED_TASKS
+            for kind, m in (("preds", preds), ("targets", targets))
+        )
+    )
+    check_min_ndim("cls_preds", cls_preds, 2, "(N, C) or (N, C, d1, ...)")
     cls_targets = targets["cls"]
     if isinstance(cls_targets, torch.Tensor) and cls_targets.is_floating_point():
         check_same_shape("cls_targets", cls_targets, "cls_preds", cls_preds)  # class probabilities
-    elif cls_preds.dim() >= 2:
+        check_prob_target("cls_targets", cls_targets)
+    else:
         check_class_target(cls_preds, cls_targets, input_name="cls_preds", target_name="cls_targets")
     for task in ("reg", "aux"):
         p = check_floating(f"{task}_preds", preds[task])
@@ -552,15 +584,18 @@ class MultiTaskLoss(nn.Module):
             modules = {}
             for name, loss in tasks.items():
                 if not isinstance(name, str):
-                    raise LossTypeError(f"task names must be strings, got {name!r}")
+                    raise LossTypeError(
+                        f"tasks has a key that is not a string: {name!r} (task names are strings)"
+                    )
                 modules[name] = loss if isinstance(loss, nn.Module) else build(loss)
         self.tasks = nn.ModuleDict(modules)
         self.task_names: list[str] = list(modules)
         if weights is not None and len(weights) != len(self.task_names):
             raise LossValueError(
-                f"got {len(weights)} weights for {len(self.task_names)} tasks {self.task_names}"
+                f"weights has {len(weights)} entries, expected {len(self.task_names)}: "
+                f"one per task {self.task_names}"
             )
-        self.weighting = _make_weighting(weighting, len(self.task_names), weights, weighting_options)
+        self.weighting = _make_weighting(weighting, self.task_names, weights, weighting_options)
         self._last_losses: torch.Tensor | None = None
         self._last_weights: torch.Tensor | None = None
         self._task_losses: torch.Tensor | None = None
@@ -612,7 +647,12 @@ class MultiTaskLoss(nn.Module):
             _check_seed_inputs(preds, targets)
         values = []
         for name in self.task_names:
-            value = self.tasks[name](preds[name], targets[name])
+            try:
+                value = self.tasks[name](preds[name], targets[name])
+            except (LossValueError, LossTypeError) as e:
+                if self.seed_form:  # the seed inputs were checked under their own names
+                    raise
+                raise type(e)(f"task {name!r}: {e}") from e
             if not isinstance(value, torch.Tensor) or value.dim() != 0:
                 got = (
                     f"shape {shape_str(value.shape)}"
@@ -622,9 +662,15 @@ class MultiTaskLoss(nn.Module):
                 raise LossValueError(
                     f"task {name!r} returned {got}; a task loss must be a scalar (use reduction='mean')"
                 )
+            if values and value.device != values[0].device:
+                raise LossValueError(
+                    f"task {name!r} returned a loss on {value.device}, expected {values[0].device} like task "
+                    f"{self.task_names[0]!r} (every task's preds and targets must be on one device)"
+                )
             values.append(upcast(value))
         dtype = functools.reduce(torch.promote_types, (v.dtype for v in values))
         losses = torch.stack([v.to(dtype) for v in values])
+        self.weighting.check_losses(losses, "cls_preds" if self.seed_form else "preds")
         total, weights = self.weighting(losses)
         self._last_losses = losses.detach()
         self._last_weights = weights.detach().clone()  # a snapshot: some weightings return their parameter
