@@ -628,3 +628,10 @@ def test_task_count_messages_name_the_argument():
         MultiTaskLoss(tasks={"a": nn.MSELoss()}, weighting=DWA(3))
     with pytest.raises(LossTypeError, match=r"tasks has a key that is not a string: 1"):
         MultiTaskLoss(tasks={1: nn.MSELoss()})
+
+
+def test_dwa_epoch_end_on_meta_skips_its_value_check():
+    dwa = DWA(2).to("meta")
+    dwa(torch.ones(2, device="meta"))
+    dwa.epoch_end()  # the "no losses recorded" check reads a count: skipped on 'meta'
+    assert dwa.epochs.is_meta

@@ -30,6 +30,7 @@ from torch import nn
 from ._checks import (
     LossTypeError,
     LossValueError,
+    can_read_values,
     check_choice,
     check_class_target,
     check_floating,
@@ -230,7 +231,7 @@ class DWA(Weighting):
             total, steps = self.epoch_sum, self.epoch_steps
             if sync:
                 total, steps = global_sum(total.detach()), global_sum(steps.detach())
-            if int(steps) == 0:
+            if can_read_values(steps) and int(steps) == 0:
                 raise LossValueError(
                     "DWA.epoch_end() was called but no training losses were recorded this epoch "
                     "(is the loss in eval mode?)"
