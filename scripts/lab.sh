@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
-# Install losskit with the lab extras (torch pinned to the CPU build) and run the quick lab.
+# Install losskit with the lab extras into the repository's own .venv (created if missing, whatever
+# environment is active) and run the quick lab. torch comes from PyTorch's CPU wheel index unless the
+# venv already has it; TORCH_INDEX_URL= (empty) leaves the choice to pip's own configuration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${VIRTUAL_ENV:-}" ]; then
-  python3 -m venv .venv
-  . .venv/bin/activate
-fi
-python -m pip install -q --upgrade pip >/dev/null
-python -m pip install -q -c constraints.txt -e '.[lab]'
-losskit lab --quick "$@"
+. scripts/_venv.sh
+"$PY" -m pip install -q -c constraints.txt -e '.[lab]'
+"$PY" -m losskit lab --quick "$@"

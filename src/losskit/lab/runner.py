@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import platform
 import sys
@@ -19,7 +20,16 @@ import torch
 from .core import ExperimentResult, LabContext, Unavailable
 from .report import write_outputs
 
-__all__ = ["EXPERIMENTS", "LabError", "check_output_dir", "resolve_experiments", "run_experiments", "run_lab"]
+__all__ = [
+    "EXPERIMENTS",
+    "LAB_EXTRAS",
+    "LabError",
+    "check_lab_extras",
+    "check_output_dir",
+    "resolve_experiments",
+    "run_experiments",
+    "run_lab",
+]
 
 # name -> (module under losskit.lab.experiments, title). Order is the report's order.
 EXPERIMENTS: dict[str, tuple[str, str]] = {
@@ -34,8 +44,30 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
 }
 
 
+# import name -> pip name of the packages the ``lab`` extra installs that every run needs (tqdm is optional)
+LAB_EXTRAS = {"sklearn": "scikit-learn", "matplotlib": "matplotlib"}
+INSTALL_HINT = "pip install 'losskit[lab]'"
+
+
 class LabError(Exception):
-    """A user error of the lab command (unknown experiment, unwritable output directory)."""
+    """A user error of the lab command (unknown experiment, unwritable output directory, missing extra)."""
+
+
+def check_lab_extras() -> None:
+    """Raise :class:`LabError` naming what to install when a package of the ``lab`` extra is missing."""
+    missing = []
+    for module, package in LAB_EXTRAS.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a broken or half-removed installation
+            found = False
+        if not found:
+            missing.append(package)
+    if missing:
+        names = " and ".join(missing)
+        raise LabError(
+            f"the lab needs {names}, which {'is' if len(missing) == 1 else 'are'} not installed: {INSTALL_HINT}"
+        )
 
 
 def resolve_experiments(names: Sequence[str]) -> list[str]:
@@ -92,6 +124,13 @@ def _run_one(name: str, ctx: LabContext) -> ExperimentResult:
         res = _load(name)(ctx)
     except Unavailable as exc:
         res = ExperimentResult(name, title, "", True, "", skipped=str(exc))
+    except ModuleNotFoundError as exc:
+        if exc.name not in LAB_EXTRAS:
+            traceback.print_exc(file=sys.stderr)
+            res = ExperimentResult(name, title, "", True, "", error=f"{type(exc).__name__}: {exc}")
+        else:  # one line saying what to install, no traceback
+            missing = f"{LAB_EXTRAS[exc.name]} is not installed ({INSTALL_HINT})"
+            res = ExperimentResult(name, title, "", True, "", skipped=missing)
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         res = ExperimentResult(name, title, "", True, "", error=f"{type(exc).__name__}: {exc}")
@@ -102,9 +141,12 @@ def _run_one(name: str, ctx: LabContext) -> ExperimentResult:
 
 def _worker(name: str, ctx: LabContext) -> ExperimentResult:
     configure_torch()
-    import matplotlib
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
+        matplotlib.use("Agg")
+    except ModuleNotFoundError:  # _run_one reports the missing lab extra
+        pass
     return _run_one(name, ctx)
 
 
@@ -227,6 +269,7 @@ def run_lab(
 ) -> list[ExperimentResult]:
     """Validate, run, and write ``report.md`` + ``results.json`` (+ figures) into ``ctx.out_dir``."""
     names = resolve_experiments(names)
+    check_lab_extras()
     check_output_dir(ctx.out_dir)
     t0 = time.perf_counter()
     results = run_experiments(names, ctx)
