@@ -7,7 +7,8 @@ float32 rounding. Checked on
 
 - the conformance inputs (``typical``);
 - extreme-but-finite inputs (``extreme``): logit arguments at +-6e4 (fp16) / +-1e4 (bf16) mixed with
-  ordinary values, the differentiable inputs of the other losses scaled by 100, and a low temperature (``T = 0.1``) where the
+  ordinary values, the differentiable inputs of the other losses scaled by 1000 (100 for the fused
+  linear losses, which multiply in the half dtype), and a low temperature (``T = 0.1``) where the
   loss has one (a guard that clamps in the input's dtype moves finite logits there);
 - both the fused-kernel path (the suite's ``"always"``) and the plain path (``fused_kernels(False)``).
 
@@ -34,6 +35,7 @@ HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 PATHS = {"fused": "always", "plain": False}
 # inputs with a bounded domain (probabilities) are not scaled in the extreme variant
 UNSCALED = {"bce"}
+SCALE = 1000.0  # non-logit inputs in the extreme variant: up to ~6e3
 
 # (name, dtype, path, variant) -> reason, for failures whose fix belongs to another module's owner
 KNOWN: dict[tuple[str, str, str, str], str] = {}
@@ -59,10 +61,11 @@ def _inputs(name: str, dtype: torch.dtype, variant: str) -> tuple[list[Any], dic
             for k, i in enumerate(case.logits):
                 args[i] = extreme_logits(args[i].shape, dtype, seed=k).float()
         elif name not in UNSCALED:
-            # the differentiable inputs; for the fused linear losses only the hidden states, so that
-            # the half-precision matmul's logits stay in range (~1e3)
-            scaled = case.wrt[:1] if case.shared else case.wrt
-            args = [a * 100.0 if i in scaled else a for i, a in enumerate(args)]
+            # the differentiable inputs; for the fused linear losses only the hidden states, by 100:
+            # they multiply in the inputs' dtype (documented), so their logits (~1e3 here) carry the
+            # half dtype's rounding, which grows with their size
+            scaled, factor = (case.wrt[:1], 100.0) if case.shared else (case.wrt, SCALE)
+            args = [a * factor if i in scaled else a for i, a in enumerate(args)]
         if _takes_temperature(name):
             kw["temperature"] = 0.1
     return [a.to(dtype) if _floating(a) else a for a in args], kw
