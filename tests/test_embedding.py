@@ -1133,3 +1133,172 @@ def test_gather_distributed_with_an_empty_rank_matches_one_process():
         assert results[1][name].shape == (0, 4)
         # DDP averages over the 2 ranks: rank 0's gradient / 2 is the one-process gradient
         torch.testing.assert_close(results[0][name] / 2, x.grad)
+
+
+# ============================================================================ non-finite inputs
+
+NON_FINITE_LABELS = torch.tensor([0, 1, 0, 1, 2, 2, 0, 3])  # class 3: a sample without a positive
+ONE, TWO, ANGULAR = (0,), (0, 1), (0, 2)  # which of (x1 (8, 3), x2 (8, 3), centres (4, 3)) a loss reads
+
+
+def _every_embedding_loss() -> dict[str, tuple[tuple[int, ...], object]]:
+    """name -> (inputs read, fn(x1, x2, centres, labels)) for every loss and option of the module."""
+    fns: dict[str, tuple[tuple[int, ...], object]] = {}
+    for m in MININGS:
+        for dist in DISTANCES:
+            for soft in (False, True):
+                for norm in (False, True):
+                    fns[f"triplet-{m}-{dist}-soft{int(soft)}-norm{int(norm)}"] = (
+                        ONE,
+                        lambda a, b, w, y, m=m, d=dist, s=soft, n=norm: LF.triplet_loss(
+                            a, y, 0.2, m, d, s, n
+                        ),
+                    )
+    for dist in DISTANCES:
+        for average in ("nonzero", "all"):
+            for norm in (False, True):
+                fns[f"contrastive_pairs-{dist}-{average}-norm{int(norm)}"] = (
+                    ONE,
+                    lambda a, b, w, y, d=dist, av=average, n=norm: LF.contrastive_pairs_loss(
+                        a, y, 0.0, 1.0, d, average=av, normalize_embeddings=n
+                    ),
+                )
+    for dist in ("euclidean", "cosine"):
+        fns[f"contrastive-{dist}"] = (
+            TWO,
+            lambda a, b, w, y, d=dist: LF.contrastive_loss(a, b, y % 2, 1.0, d),
+        )
+    fns["cosine_embedding"] = (TWO, lambda a, b, w, y: LF.cosine_embedding_loss(a, b, 1 - 2 * (y % 2), 0.1))
+    fns["nt_xent"] = (TWO, lambda a, b, w, y: LF.nt_xent_loss(a, b, 0.5))
+    fns["supcon"] = (ONE, lambda a, b, w, y: LF.supcon_loss(a, y, 0.5))
+    fns["supcon-views"] = (TWO, lambda a, b, w, y: LF.supcon_loss(torch.stack([a, b], 1), y, 0.5))
+    fns["supcon-instances"] = (TWO, lambda a, b, w, y: LF.supcon_loss(torch.stack([a, b], 1), None, 0.5))
+    for kind in ("arcface", "cosface"):
+        fns[kind] = (ANGULAR, lambda a, b, w, y, k=kind: LF.angular_margin_loss(a, w, y, 8.0, 0.3, k))
+    return fns
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf"])
+@pytest.mark.parametrize("name", list(_every_embedding_loss()))
+def test_non_finite_input_gives_non_finite_loss(name, kind):
+    """A NaN or inf in any element of any floating input: the loss is not finite (never hidden)."""
+    reads, fn = _every_embedding_loss()[name]
+    inputs = [rand(8, 3, seed=60), rand(8, 3, seed=61), rand(4, 3, seed=62)]
+    bad = {"nan": math.nan, "inf": math.inf}[kind]
+    finite = []
+    for i in reads:
+        for k in range(inputs[i].numel()):
+            call = [t.clone() for t in inputs]
+            call[i].view(-1)[k] = bad
+            value = fn(*call, NON_FINITE_LABELS)
+            if bool(torch.isfinite(value).all()):
+                finite.append((i, k, float(value)))
+    assert not finite, f"finite loss for (input, element, value): {finite[:5]}"
+
+
+@pytest.mark.parametrize("mining", MININGS)
+def test_nan_embedding_gives_nan_value_and_gradient(mining):
+    # the reported case: the value was exactly the margin while the gradient was NaN
+    e = torch.zeros(4, 2)
+    e[0, 0] = math.nan
+    e.requires_grad_(True)
+    value = LF.triplet_loss(e, torch.tensor([0, 0, 1, 1]), 0.2, mining)
+    value.backward()
+    assert math.isnan(float(value.detach())) and bool(e.grad.isnan().any())
+    x = torch.zeros(4, 2)
+    x[1, 1] = math.nan
+    assert math.isnan(float(LF.contrastive_pairs_loss(x, torch.tensor([0, 0, 1, 1]))))
+
+
+# ============================================================================ memory layouts, identical rows
+
+
+def _layouts(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``x`` (B, D) as equal tensors in other memory layouts, differentiable w.r.t. ``x``."""
+    b, d = x.shape
+    return {
+        "contiguous": x,
+        "transposed": x.T.contiguous().T,
+        "column_sliced": torch.stack([x, torch.zeros_like(x)], -1).reshape(b, 2 * d)[:, ::2],
+        "row_sliced": torch.cat([torch.zeros_like(x[:1]), x])[1:],
+    }
+
+
+def _distance_losses() -> dict[str, object]:
+    """name -> fn(x, labels) for every loss of the module that reads distances or similarities."""
+    fns: dict[str, object] = {}
+    for m in MININGS:
+        for dist in DISTANCES:
+            for soft in (False, True):
+                fns[f"triplet-{m}-{dist}-soft{int(soft)}"] = lambda x, y, m=m, d=dist, s=soft: (
+                    LF.triplet_loss(x, y, 0.2, m, d, s)
+                )
+    for dist in DISTANCES:
+        fns[f"contrastive_pairs-{dist}"] = lambda x, y, d=dist: LF.contrastive_pairs_loss(x, y, 0.0, 1.0, d)
+    for dist in ("euclidean", "cosine"):
+        fns[f"contrastive-{dist}"] = lambda x, y, d=dist: LF.contrastive_loss(x, x.flip(0), y % 2, 1.0, d)
+    fns["cosine_embedding"] = lambda x, y: LF.cosine_embedding_loss(x, x.flip(0), 1 - 2 * (y % 2))
+    fns["nt_xent"] = lambda x, y: LF.nt_xent_loss(x, x.flip(0), 0.5)
+    fns["supcon"] = lambda x, y: LF.supcon_loss(x, y, 0.5)
+    fns["arcface"] = lambda x, y: LF.angular_margin_loss(x, x[:3].flip(0), y % 3, 8.0, 0.3)
+    return fns
+
+
+@pytest.mark.parametrize("name", list(_distance_losses()))
+def test_value_and_gradient_do_not_depend_on_memory_layout(name):
+    # 1000-d rows, each twice: the Gram form of the distances cancels on the duplicates
+    fn = _distance_losses()[name]
+    base = rand(6, 1000, seed=70, dtype=torch.float32)
+    x = torch.cat([base, base]).requires_grad_(True)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2])
+    want = fn(x, labels)
+    (want_grad,) = torch.autograd.grad(want, x)
+    for layout, view in _layouts(x).items():
+        value = fn(view, labels)
+        (grad,) = torch.autograd.grad(value, x)
+        torch.testing.assert_close(value, want, rtol=1e-6, atol=1e-7, msg=f"{layout}: value")
+        torch.testing.assert_close(grad, want_grad, rtol=1e-6, atol=1e-7, msg=f"{layout}: gradient")
+        assert bool(torch.isfinite(grad).all())
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_identical_rows_are_at_distance_exactly_zero(distance, scale, dtype):
+    row = rand(1, 1000, seed=71, dtype=dtype) * scale
+    other = rand(2, 1000, seed=72, dtype=dtype) * scale
+    x = torch.cat([row.expand(6, 1000), other])
+    views = {**_layouts(x), "expanded": torch.cat([row.expand(6, 1000), other])}
+    for layout, view in views.items():
+        d = E._distance_matrix(view, view, distance)
+        assert bool((d[:6, :6] == 0).all()), f"{layout}: {d[:6, :6].abs().max().item()}"
+        assert bool((d[:6, 6:] > 0).all()) and bool((d[6, 7] > 0).all())
+        assert bool((E._paired_distance(view, view.clone(), distance) == 0).all()), layout
+        # the other entries keep their value: a float64 reference from the differences
+        ref = torch.stack([torch.stack([ref_dist(a, c, distance) for c in x.double()]) for a in x.double()])
+        torch.testing.assert_close(d.double(), ref, rtol=1e-4, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "column_sliced", "row_sliced", "expanded"])
+@pytest.mark.parametrize("seed", range(4))
+def test_identical_embeddings_give_the_exact_hinge_values(layout, seed):
+    # six identical 1000-d embeddings: every distance is 0, so every active term is its margin
+    row = rand(1, 1000, seed=73 + seed, dtype=torch.float32)
+    x = row.expand(6, 1000) if layout == "expanded" else _layouts(row.expand(6, 1000).contiguous())[layout]
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    for distance in DISTANCES:
+        # positives at d = 0 add nothing, each negative pair costs neg_margin - 0 = 1
+        torch.testing.assert_close(
+            LF.contrastive_pairs_loss(x, labels, distance=distance), torch.tensor(1.0), rtol=0, atol=0
+        )
+        for mining in MININGS:
+            torch.testing.assert_close(
+                LF.triplet_loss(x, labels, 0.2, mining, distance), torch.tensor(0.2), rtol=0, atol=0
+            )
+            torch.testing.assert_close(
+                LF.triplet_loss(x, labels, 0.2, mining, distance, soft_margin=True),
+                torch.tensor(math.log(2.0)),
+                rtol=0,
+                atol=0,
+            )
+

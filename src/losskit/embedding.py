@@ -24,6 +24,12 @@ Common rules:
   finite ``torch.finfo(dtype).min`` before a ``logsumexp``.
 * Euclidean distances use a safe square root: the gradient is finite (zero) at ``d = 0``, e.g. for
   duplicate embeddings.
+* Identical embeddings are at distance exactly 0 (every distance, any memory layout): the rounding
+  noise of the ``|a|^2 + |c|^2 - 2 a.c`` distance matrix is set to 0, and inputs are made
+  contiguous, so the loss does not depend on strides.
+* A NaN or inf in an input gives a non-finite loss, never a finite value that hides it; the batch
+  losses that mine or hinge (:func:`contrastive_pairs_loss`, :func:`triplet_loss`) return NaN when a
+  candidate holds one even if no selected pair reads it.
 * A batch with nothing to compare (``B = 0``, ``B = 1``, a single class, no positive pair) gives a zero
   that is still connected to the graph, never NaN. :func:`contrastive_pairs_loss` is a sum of two
   independent terms: the one without pairs is 0, the other one still counts (negatives are pushed
@@ -82,6 +88,9 @@ MININGS = ("batch_hard", "batch_semi_hard", "batch_all")
 
 # Squared distances at or below this are treated as exact zeros by the safe square root.
 _SQRT_EPS = 1e-12
+# Gram-form distances below _GRAM_NOISE * sqrt(D) * eps * (|a|^2 + |c|^2) are rounding noise (set to 0);
+# the largest seen for identical rows is about 0.7 * sqrt(D) * eps * (|a|^2 + |c|^2).
+_GRAM_NOISE = 2.0
 # batch_all processes anchors in chunks of about this many (anchor, positive, negative) entries.
 _BATCH_ALL_BUDGET = 1 << 22
 
@@ -90,9 +99,13 @@ _BATCH_ALL_BUDGET = 1 << 22
 
 
 def _safe_sqrt(d2: torch.Tensor) -> torch.Tensor:
-    """``sqrt(d2)`` whose gradient is finite everywhere (zero where ``d2 <= eps``)."""
-    ok = d2 > _SQRT_EPS
-    return torch.where(ok, d2.clamp_min(_SQRT_EPS).sqrt(), d2.new_zeros(()))
+    """``sqrt(d2)``, 0 with a zero gradient where ``d2 <= eps``; NaN and inf propagate.
+
+    The ``where`` comes before the square root: its backward selects 0 for the zeroed entries, so the
+    infinite slope of ``sqrt`` at 0 never reaches the gradient (and only a bool mask and the result
+    are kept for backward).
+    """
+    return torch.where(d2 <= _SQRT_EPS, 0.0, d2).sqrt()
 
 
 def _cosine(x1: torch.Tensor, x2: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -106,10 +119,16 @@ def _cosine(x1: torch.Tensor, x2: torch.Tensor, eps: float = 1e-12) -> torch.Ten
     return dot / (n1 * n2)
 
 
+def _dot_noise(x: torch.Tensor) -> float:
+    """Relative rounding noise of a ``D``-term dot product in ``x``'s dtype (see :data:`_GRAM_NOISE`)."""
+    return torch.finfo(x.dtype).eps * _GRAM_NOISE * math.sqrt(x.shape[-1])
+
+
 def _paired_distance(x1: torch.Tensor, x2: torch.Tensor, distance: str) -> torch.Tensor:
-    """Distance between aligned rows of ``x1`` and ``x2``."""
+    """Distance between aligned rows of ``x1`` and ``x2`` (0 for identical rows, as the matrix)."""
     if distance == "cosine":
-        return 1.0 - _cosine(x1, x2)
+        d = 1.0 - (F.normalize(x1, dim=-1) * F.normalize(x2, dim=-1)).sum(-1)
+        return torch.where(d.detach() < 2.0 * _dot_noise(x1), 0.0, d)
     diff = x1 - x2
     d2 = (diff * diff).sum(-1)
     return d2 if distance == "squared_euclidean" else _safe_sqrt(d2)
@@ -118,17 +137,42 @@ def _paired_distance(x1: torch.Tensor, x2: torch.Tensor, distance: str) -> torch
 def _distance_matrix(anchors: torch.Tensor, candidates: torch.Tensor, distance: str) -> torch.Tensor:
     """``(Na, Nc)`` distances between every anchor and every candidate, O(Na Nc) memory.
 
-    ``euclidean`` is ``sqrt(|a|^2 + |c|^2 - 2 a.c)`` through a safe square root, ``squared_euclidean``
-    its square (clamped at 0), ``cosine`` is ``1 - cos(a, c)`` in ``[0, 2]``.
+    ``squared_euclidean`` is the Gram form ``|a|^2 + |c|^2 - 2 a.c`` (one GEMM), ``euclidean`` its
+    safe square root, ``cosine`` is ``1 - cos(a, c)`` in ``[0, 2]``. The Gram form cancels: its
+    rounding error is a few ulps of ``|a|^2 + |c|^2`` (of 2 for cosine), so identical rows come out
+    at +-2e-4 instead of 0 for ``|a|^2 = 1000`` in float32, depending on the GEMM's memory layout.
+    Values below :data:`_GRAM_NOISE` ``* sqrt(D) * eps`` times that scale are rounding noise and are
+    set to exactly 0 (with a zero gradient): identical rows are at distance 0 whatever the layout.
+    NaN and inf propagate.
     """
+    eps = _dot_noise(anchors)
     if distance == "cosine":
         a = F.normalize(anchors, dim=-1)
         c = F.normalize(candidates, dim=-1)
-        return 1.0 - a @ c.T
-    sq_a = (anchors * anchors).sum(-1)
-    sq_c = (candidates * candidates).sum(-1)
-    d2 = (sq_a[:, None] + sq_c[None, :] - 2.0 * (anchors @ candidates.T)).clamp_min(0.0)
-    return d2 if distance == "squared_euclidean" else _safe_sqrt(d2)
+        d = 1.0 - a @ c.T
+        zero = d.detach() < 2.0 * eps
+    else:
+        scale = (anchors * anchors).sum(-1)[:, None] + (candidates * candidates).sum(-1)[None, :]
+        d = torch.addmm(scale, anchors, candidates.T, alpha=-2.0)
+        with torch.no_grad():
+            zero = d < (scale * eps).clamp_min_(_SQRT_EPS)
+    # in place (nothing saved d): the noise and its negatives become 0; NaN < x is False, NaN stays
+    if distance == "euclidean":
+        return d.masked_fill_(zero, 0.0).sqrt()  # the fill's backward masks sqrt's infinite slope at 0
+    with torch.no_grad():  # the value only: the gradient there is rounding noise around 0 already
+        d.masked_fill_(zero, 0.0)
+    return d
+
+
+def _non_finite_guard(x: torch.Tensor) -> torch.Tensor:
+    """A scalar 0, or NaN when ``x`` holds a NaN or inf (no gradient, no host sync).
+
+    Mining and hinges can drop an entry without reading its value (a NaN negative sorted past the
+    semi-hard one, an infinitely far negative that is never the hardest, ``relu(m - inf) = 0``):
+    adding this to such a loss makes a non-finite input give a non-finite loss, never a finite one.
+    """
+    with torch.no_grad():
+        return torch.where(torch.isfinite(x).all(), x.new_zeros(()), x.new_full((), math.nan))
 
 
 def _self_mask(num_anchors: int, num_candidates: int, offset: int, device: torch.device) -> torch.Tensor:
@@ -162,7 +206,7 @@ def _check_embeddings_labels(
             f"labels has shape {shape_str(labels.shape)}, expected ({embeddings.shape[0]},) to match "
             f"embeddings of shape {shape_str(embeddings.shape)}: one class label per sample"
         )
-    return upcast(embeddings), labels
+    return upcast(embeddings).contiguous(), labels
 
 
 def _check_temperature(name: str, value: float) -> float:
@@ -285,7 +329,7 @@ def cosine_embedding_loss(
             raise LossValueError(
                 f"target must contain only 1 (similar) or -1 (dissimilar), got {bad[0].item()!r}{hint}"
             )
-    x1, x2 = upcast(input1), upcast(input2)
+    x1, x2 = upcast(input1).contiguous(), upcast(input2).contiguous()
     cos = _cosine(x1, x2)
     similar = target > 0
     loss = torch.where(similar, 1.0 - cos, (cos - float(margin)).clamp_min(0.0))
@@ -366,14 +410,13 @@ def contrastive_loss(
             raise LossValueError(
                 f"target must be 1 (similar) or 0 (dissimilar), values in [0, 1]; got {bad[0].item()!r}{hint}"
             )
-    a, b = upcast(x1), upcast(x2)
+    a, b = upcast(x1).contiguous(), upcast(x2).contiguous()
     y = target.to(a.dtype)
     if distance == "euclidean":
-        diff = a - b
-        d2 = (diff * diff).sum(-1)
+        d2 = _paired_distance(a, b, "squared_euclidean")
         d = _safe_sqrt(d2)
     else:
-        d = 1.0 - _cosine(a, b)
+        d = _paired_distance(a, b, "cosine")
         d2 = d * d
     loss = 0.5 * y * d2 + 0.5 * (1.0 - y) * (float(margin) - d).clamp_min(0.0).square()
     w = None if weight is None else weight.to(loss.dtype)
@@ -476,9 +519,10 @@ def contrastive_pairs_loss(
         n_pos, n_neg = (pos_loss > 0).sum(), (neg_loss > 0).sum()
     else:
         n_pos, n_neg = pos.sum(), neg.sum()
-    return _mean_or_sum(pos_loss.sum(), n_pos, "mean", gathered) + _mean_or_sum(
+    total = _mean_or_sum(pos_loss.sum(), n_pos, "mean", gathered) + _mean_or_sum(
         neg_loss.sum(), n_neg, "mean", gathered
     )
+    return total + _non_finite_guard(cand)
 
 
 class ContrastivePairsLoss(nn.Module):
@@ -751,7 +795,7 @@ def triplet_loss(
         soft_margin=bool(soft_margin),
         chunk_size=chunk_size,
     )
-    return _mean_or_sum(total, count, reduction, gathered)
+    return _mean_or_sum(total + _non_finite_guard(cand), count, reduction, gathered)
 
 
 class TripletLoss(nn.Module):
@@ -1105,7 +1149,7 @@ def angular_margin_loss(
             f"class with the embeddings' dimension"
         )
     check_class_range("labels", labels, weight.shape[0])
-    w = upcast(weight).to(emb.dtype)
+    w = upcast(weight).to(emb.dtype).contiguous()
     cos = F.normalize(emb, dim=-1) @ F.normalize(w, dim=-1).T
     target = cos.gather(1, labels[:, None]).squeeze(1)
     m = float(margin)
