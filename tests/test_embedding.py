@@ -1302,3 +1302,109 @@ def test_identical_embeddings_give_the_exact_hinge_values(layout, seed):
                 atol=0,
             )
 
+
+# ============================================================================ devices (meta included), complex dtypes
+
+
+def _meta(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.empty(*shape, dtype=dtype, device="meta")
+
+
+def _calls_on(make) -> dict[str, object]:
+    """name -> zero-argument call of every loss of the module, inputs made by ``make(shape, dtype)``."""
+    emb, x2 = make((4, 3), torch.float32), make((4, 3), torch.float32)
+    lab = make((4,), torch.long)
+    return {
+        "cosine_embedding": lambda: LF.cosine_embedding_loss(emb, x2, make((4,), torch.long)),
+        "cosine_embedding_weight": lambda: LF.cosine_embedding_loss(
+            emb, x2, make((4,), torch.long), weight=make((4,), torch.float32)
+        ),
+        "contrastive": lambda: LF.contrastive_loss(emb, x2, make((4,), torch.float32)),
+        "contrastive_weight": lambda: LF.contrastive_loss(
+            emb, x2, make((4,), torch.float32), weight=make((4,), torch.float32)
+        ),
+        "contrastive_pairs": lambda: LF.contrastive_pairs_loss(emb, lab),
+        **{
+            f"triplet_{m}_{soft}": lambda m=m, soft=soft: LF.triplet_loss(emb, lab, 0.2, m, soft_margin=soft)
+            for m in MININGS
+            for soft in (False, True)
+        },
+        "nt_xent": lambda: LF.nt_xent_loss(emb, x2),
+        "supcon": lambda: LF.supcon_loss(emb, lab),
+        "supcon_views": lambda: LF.supcon_loss(make((4, 2, 3), torch.float32), None),
+        "arcface": lambda: LF.angular_margin_loss(emb, make((2, 3), torch.float32), lab),
+    }
+
+
+@pytest.mark.parametrize("name", list(_calls_on(lambda shape, dtype: _meta(*shape, dtype=dtype))))
+def test_meta_inputs_skip_value_checks(name):
+    # meta tensors have shapes but no values: the value checks are skipped, shape checks still run
+    out = _calls_on(lambda shape, dtype: _meta(*shape, dtype=dtype))[name]()
+    assert out.device.type == "meta" and out.dim() == 0
+
+
+def test_inputs_on_another_device_name_the_argument():
+    e, lab, t = torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), torch.tensor([1, -1, 1, -1])
+    m = _meta(4, 3)
+    cases = [
+        (lambda: LF.cosine_embedding_loss(e, m, t), r"input2 is on meta, expected cpu like input1"),
+        (
+            lambda: LF.cosine_embedding_loss(e, e, t.to("meta")),
+            r"target is on meta, expected cpu like input1",
+        ),
+        (
+            lambda: LF.cosine_embedding_loss(e, e, t, weight=_meta(4)),
+            r"weight is on meta, expected cpu like input1",
+        ),
+        (lambda: LF.contrastive_loss(m, e, t.abs()), r"x2 is on cpu, expected meta like x1"),
+        (
+            lambda: LF.contrastive_loss(e, e, t.abs(), weight=_meta(4)),
+            r"weight is on meta, expected cpu like x1",
+        ),
+        (
+            lambda: LF.contrastive_pairs_loss(e, lab.to("meta")),
+            r"labels is on meta, expected cpu like embeddings",
+        ),
+        (lambda: LF.triplet_loss(m, lab), r"labels is on cpu, expected meta like embeddings"),
+        (lambda: LF.nt_xent_loss(e, m), r"z2 is on meta, expected cpu like z1"),
+        (lambda: LF.supcon_loss(m, lab), r"labels is on cpu, expected meta like embeddings"),
+        (
+            lambda: LF.angular_margin_loss(e, _meta(2, 3), lab % 2),
+            r"weight is on meta, expected cpu like embeddings",
+        ),
+        (
+            lambda: losskit.ArcFaceLoss(3, 2).to("meta")(e, lab % 2),
+            r"weight is on meta, expected cpu like embeddings",
+        ),
+    ]
+    for call, msg in cases:
+        with pytest.raises(LossValueError, match=msg):
+            call()
+
+
+def test_complex_inputs_name_the_argument():
+    e, lab, t = torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), torch.tensor([1, -1, 1, -1])
+    c = torch.randn(4, 3, dtype=torch.complex64)
+    floating = "must be a floating-point tensor, got dtype torch.complex64"
+    cases = [
+        (lambda: LF.cosine_embedding_loss(c, e, t), "input1 " + floating),
+        (lambda: LF.cosine_embedding_loss(e, c, t), "input2 " + floating),
+        (
+            lambda: LF.cosine_embedding_loss(e, e, t.to(torch.complex64)),
+            r"target must be a real \(integer, bool or floating-point\) tensor, got dtype torch.complex64",
+        ),
+        (
+            lambda: LF.contrastive_loss(e, e, t.abs().to(torch.complex64)),
+            r"target must be a real \(integer, bool or floating-point\) tensor, got dtype torch.complex64",
+        ),
+        (lambda: LF.contrastive_loss(e, e, t.abs(), weight=c[:, 0]), "weight " + floating),
+        (lambda: LF.contrastive_pairs_loss(c, lab), "embeddings " + floating),
+        (lambda: LF.triplet_loss(c, lab), "embeddings " + floating),
+        (lambda: LF.triplet_loss(e, lab.to(torch.complex64)), "labels must be an integer tensor"),
+        (lambda: LF.nt_xent_loss(e, c), "z2 " + floating),
+        (lambda: LF.supcon_loss(c, lab), "embeddings " + floating),
+        (lambda: LF.angular_margin_loss(e, c[:2], lab % 2), "weight " + floating),
+    ]
+    for call, msg in cases:
+        with pytest.raises(LossTypeError, match=msg):
+            call()

@@ -46,7 +46,9 @@ from torch import nn
 
 from . import distributed as _dist
 from ._checks import (
+    LossTypeError,
     LossValueError,
+    can_read_values,
     check_choice,
     check_class_range,
     check_floating,
@@ -59,7 +61,6 @@ from ._checks import (
     check_same_shape,
     check_tensor,
     shape_str,
-    value_checks_enabled,
 )
 from ._reduction import connected_zero, reduce_loss, upcast
 from .registry import register
@@ -258,28 +259,35 @@ def _candidates(
 
 
 def _check_pair_inputs(
-    x1: torch.Tensor, x2: torch.Tensor, target: torch.Tensor, names: tuple[str, str] = ("input1", "input2")
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    names: tuple[str, str] = ("input1", "input2"),
 ) -> None:
+    """Pair losses: ``x1``, ``x2`` floating ``(N, D)`` or ``(D,)``, a real ``target`` (and floating
+    ``weight``) of shape ``(N,)``, all on one device."""
     n1, n2 = names
     check_floating(n1, x1)
     check_floating(n2, x2)
     check_ndim(n1, x1, (1, 2), "(N, D) or (D,)")
     check_same_shape(n2, x2, n1, x1)
     check_tensor("target", target)
-    check_same_device((n1, x1), (n2, x2), ("target", target))
+    if target.is_complex():
+        raise LossTypeError(
+            f"target must be a real (integer, bool or floating-point) tensor, got dtype {target.dtype}"
+        )
+    if weight is not None:
+        check_floating("weight", weight)
+    check_same_device((n1, x1), (n2, x2), ("target", target), ("weight", weight))
     expected = tuple(x1.shape[:-1])
     if tuple(target.shape) != expected:
         raise LossValueError(
             f"target has shape {shape_str(target.shape)}, expected {shape_str(expected)}: one entry per "
             f"pair of {n1} of shape {shape_str(x1.shape)}"
         )
-
-
-def _check_weight(weight: torch.Tensor | None, target: torch.Tensor) -> None:
-    if weight is None:
-        return
-    check_floating("weight", weight)
-    check_same_shape("weight", weight, "target", target)
+    if weight is not None:
+        check_same_shape("weight", weight, "target", target)
 
 
 def cosine_embedding_loss(
@@ -320,9 +328,8 @@ def cosine_embedding_loss(
     """
     check_reduction(reduction)
     check_number("margin", margin, low=-1.0, high=1.0)
-    _check_pair_inputs(input1, input2, target)
-    _check_weight(weight, target)
-    if value_checks_enabled() and target.numel() > 0:
+    _check_pair_inputs(input1, input2, target, weight)
+    if can_read_values(target) and target.numel() > 0:
         bad = target[(target != 1) & (target != -1)]
         if bad.numel() > 0:
             hint = " (for 0/1 labels pass 2 * target - 1)" if bool((bad == 0).all()) else ""
@@ -401,9 +408,8 @@ def contrastive_loss(
     check_reduction(reduction)
     check_number("margin", margin, low=0.0, low_open=True)
     check_choice("distance", distance, ("euclidean", "cosine"))
-    _check_pair_inputs(x1, x2, target, ("x1", "x2"))
-    _check_weight(weight, target)
-    if value_checks_enabled() and target.numel() > 0:
+    _check_pair_inputs(x1, x2, target, weight, ("x1", "x2"))
+    if can_read_values(target) and target.numel() > 0:
         bad = target[(target < 0) | (target > 1)]
         if bad.numel() > 0:
             hint = " (for 1/-1 labels pass (target + 1) / 2)" if bool((bad == -1).all()) else ""
