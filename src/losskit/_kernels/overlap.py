@@ -17,8 +17,8 @@ these ``(N, C)`` tensors (``FP = P - TP``, ``FN = G - TP``) left to ordinary aut
     w_{nci} = \bar P_{nc}\, k\, p_{nci}^{k-1} + \overline{TP}_{nc}\, [y_{ni} = c]
 
 where the bars are the incoming gradients of ``TP`` and ``P`` (``G`` has no gradient). The bracket is
-evaluated as ``(w_k - w_m) - sum_c (w_c - w_m) p_c`` with ``m`` the most likely class at ``i`` (the same
-by ``sum_c p_c = 1``), which does not cancel where ``p_m`` is close to 1.
+evaluated as ``(w_k - w_m) - sum_c (w_c - w_m) p_c`` with ``m`` the class with ``p_m > 1/2`` at ``i``
+(if any; the same by ``sum_c p_c = 1``), which does not cancel where ``p_m`` is close to 1.
 """
 
 from __future__ import annotations
@@ -69,10 +69,15 @@ def _build_backward(ignore_index: int | None, squared: bool) -> Callable:
         gps3 = gps.unsqueeze(2)
         w = gps3 * (2.0 * p) if squared else gps3.expand_as(p)
         w = w + torch.where(hit, gtp.unsqueeze(2), torch.zeros_like(p))
-        # w_k - sum_c w_c p_c = (w_k - w_m) - sum_c (w_c - w_m) p_c with m the most likely class: the
-        # dominant class adds exactly 0 to the sum, so p_m -> 1 keeps the small gradients' digits
-        w = w - w.gather(1, p.argmax(dim=1, keepdim=True))
-        grad = p * (w - (w * p).sum(1, keepdim=True))
+        # w_k - sum_c w_c p_c = (w_k - w_m) - sum_{c != m} (w_c - w_m) p_c with m the class of
+        # p_m > 1/2 (if any): the dominant class leaves the sum, so p_m -> 1 keeps the small
+        # gradients' digits. The three masked sums share one loop over the classes.
+        zero = torch.zeros_like(p)
+        dom = p > 0.5
+        w_m = torch.where(dom, w, zero).sum(1, keepdim=True)
+        s_wp = torch.where(dom, zero, w * p).sum(1, keepdim=True)
+        s_p = torch.where(dom, zero, p).sum(1, keepdim=True)
+        grad = p * ((w - w_m) - (s_wp - w_m * s_p))
         if valid is not None:
             grad = torch.where(valid, grad, torch.zeros_like(grad))
         return grad.reshape(x.shape).to(x.dtype)
