@@ -277,6 +277,27 @@ CASES: dict[str, Case] = {
     ),
     "hinge_embedding": Case(lambda d: (_pair(d)[0], torch.tensor([1, -1, 1]).repeat(5, 1).to(d))),
     "triplet_margin": Case(lambda d: (*_pair(d, (4, 3)), _randn(4, 3, seed=32, dtype=d)), wrt=(0, 1, 2)),
+    # preference: (B,) sequence log-probs (negative), rewards for the reward model
+    "dpo": Case(
+        lambda d: tuple(-_randn(6, seed=60 + i, dtype=d, scale=5).abs() for i in range(4)), wrt=(0, 1)
+    ),
+    "simpo": Case(lambda d: tuple(-_randn(6, seed=64 + i, dtype=d).abs() for i in range(2)), wrt=(0, 1)),
+    "cpo": Case(
+        lambda d: tuple(-_randn(6, seed=66 + i, dtype=d, scale=5).abs() for i in range(2)), wrt=(0, 1)
+    ),
+    "orpo": Case(lambda d: tuple(-_randn(6, seed=68 + i, dtype=d).abs() for i in range(2)), wrt=(0, 1)),
+    # the KL reference point is a batch mean of the mismatched rows: 'sum' is not a sum over samples
+    "kto": Case(
+        lambda d: (
+            -_randn(6, seed=70, dtype=d, scale=5).abs(),
+            -_randn(6, seed=71, dtype=d, scale=5).abs(),
+            torch.tensor([True, False, True, True, False, False]),
+            -_randn(6, seed=72, dtype=d, scale=5).abs(),
+            -_randn(6, seed=73, dtype=d, scale=5).abs(),
+        ),
+        per_sample=False,
+    ),
+    "reward_model": Case(lambda d: _pair(d, (6,)), wrt=(0, 1)),
 }
 
 NAMES = losskit.available()
