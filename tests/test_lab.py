@@ -215,6 +215,82 @@ def test_figure_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert out.path == "f.png" and (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_outputs_respect_the_umask(tmp_path: Path, umask: int) -> None:
+    """Atomic writes go through a private temporary file; the result still gets the usual permissions."""
+    from losskit.lab.plots import plt
+
+    config = {"command": "losskit lab", "mode": "tiny", "seeds": [0, 1, 2], "threads": 1, "seconds": 1.0}
+    old = os.umask(umask)
+    try:
+        report.write_outputs(tmp_path, _fake_results(), config)
+        fig, _ = plt.subplots()
+        _tiny_ctx(tmp_path).figure(fig, "f.png", "caption")
+    finally:
+        os.umask(old)
+    for name in ("results.json", "report.md", "f.png"):
+        mode = (tmp_path / name).stat().st_mode & 0o777
+        assert mode == 0o666 & ~umask, f"{name}: {oct(mode)} under umask {oct(umask)}"
+
+
+def test_summary_names_a_best_method_only_when_its_interval_excludes_zero() -> None:
+    tie = ExperimentResult(
+        "tie",
+        "Tie",
+        metric="accuracy %",
+        higher_is_better=True,
+        baseline="ce",
+        methods={"ce": [90.0, 92.0, 91.0], "kd": [91.0, 91.5, 92.0]},  # +0.5 mean, interval spans 0
+        seeds=[0, 1, 2],
+    )
+    d = report.paired_diff(tie.methods["kd"], tie.methods["ce"], True)
+    assert d.ci_low is not None and d.ci_low < 0 < d.ci_high
+    win = _fake_results()[0]
+    one_seed = ExperimentResult(
+        "single", "Single", "rmse", False, "mse", methods={"mse": [2.0], "l1": [1.0]}, seeds=[0]
+    )
+    rows = {line.split("|")[1].strip(): line for line in report.summary_table([tie, win, one_seed])[2:]}
+    assert "| no measurable difference (highest mean: kd 91.50 ± 0.50) |" in rows["tie"]
+    assert "+0.500 [" in rows["tie"]  # the paired difference and its interval are still shown
+    assert "| better 93.2 ± 1.0 |" in rows["alpha"]
+    assert "no measurable difference (lowest mean: l1" in rows["single"]
+    text = report.render_report([tie], {"seeds": [0, 1, 2]})
+    assert "| best method, or no measurable difference |" in text
+
+
+def test_seed_strip_labels_its_error_bars_and_keeps_the_legend_off_the_points(tmp_path: Path) -> None:
+    from losskit.lab import plots
+
+    res = _fake_results()[0]
+    captured: dict[str, Any] = {}
+    ctx = _tiny_ctx(tmp_path)
+    real_figure = ctx.figure
+
+    def keep(fig: Any, filename: str, caption: str) -> core.Figure:
+        captured["ax"] = fig.axes[0]
+        fig.canvas.draw()
+        captured["legend"] = fig.axes[0].get_legend().get_window_extent()
+        captured["axes"] = fig.axes[0].get_window_extent()
+        return real_figure(fig, filename, caption)
+
+    ctx.figure = keep  # type: ignore[method-assign]
+    plots.seed_strip(ctx, res)
+    labels = captured["ax"].get_legend_handles_labels()[1]
+    assert "mean ± std over seeds" in labels
+    assert captured["legend"].x0 >= captured["axes"].x1  # right of the plotting area
+    assert (tmp_path / "alpha_metric.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_zeros_are_gaps_on_a_log_axis() -> None:
+    from losskit.lab.plots import positive_for_log
+
+    values, masked = positive_for_log([1e-6, 0.0, 2e-7, 0.0, -1.0, float("nan")])
+    assert masked == 3
+    assert values[0] == 1e-6 and values[2] == 2e-7
+    assert all(math.isnan(v) for v in values[[1, 3, 4, 5]])
+
+
 # ----------------------------------------------------------------------------- CLI errors and behaviour
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import math
 import os
@@ -141,17 +142,12 @@ class LabContext:
         """Save a matplotlib figure atomically into the output directory and close it."""
         import matplotlib.pyplot as plt
 
-        path = self.out_dir / filename
-        fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", suffix=".tmp", dir=self.out_dir)
+        buf = io.BytesIO()
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fig.savefig(fh, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-            os.replace(tmp, path)
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
+            fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
         finally:
             plt.close(fig)
+        atomic_write_bytes(self.out_dir / filename, buf.getvalue())
         return Figure(filename, caption)
 
 
@@ -190,12 +186,24 @@ def _unlink_quietly(path: str | Path) -> None:
         pass
 
 
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back: there is no read-only call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, fsync, then ``os.replace`` it into place."""
+    """Write ``data`` to a temporary file next to ``path``, fsync, then ``os.replace`` it into place.
+
+    ``mkstemp`` creates the temporary file with mode 0600; it gets the mode a plain ``open`` would
+    give (0666 minus the umask) before it replaces ``path``.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.chmod(tmp, 0o666 & ~_umask())
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

@@ -277,7 +277,8 @@ def _best(res: ExperimentResult) -> str | None:
 
 def summary_table(results: Sequence[ExperimentResult]) -> list[str]:
     lines = [
-        "| experiment | metric | baseline | best method | best − baseline (paired) | wins/seeds |",
+        "| experiment | metric | baseline | best method, or no measurable difference "
+        "| best − baseline (paired, 95% CI) | wins/seeds |",
         "|---|---|---|---|---|---|",
     ]
     for res in results:
@@ -296,8 +297,12 @@ def summary_table(results: Sequence[ExperimentResult]) -> list[str]:
             continue
         d = paired_diff(res.methods[best], base, res.higher_is_better)
         ci = "" if d.ci_low is None else f" [{_fmt(d.ci_low)}, {_fmt(d.ci_high)}]"
+        best_txt = f"{best} {_pm(res.methods[best])}"
+        if d.verdict(res.higher_is_better) != "better":  # the interval includes 0 (or a single seed)
+            extreme = "highest" if res.higher_is_better else "lowest"
+            best_txt = f"no measurable difference ({extreme} mean: {best_txt})"
         lines.append(
-            f"| {res.name} | {res.metric} {arrow} | {base_txt} | {best} {_pm(res.methods[best])} | "
+            f"| {res.name} | {res.metric} {arrow} | {base_txt} | {best_txt} | "
             f"{_fmt_signed(d.mean)}{ci} | {d.wins}/{d.n} |"
         )
     return lines

@@ -75,7 +75,7 @@ def _fit(
 def run(ctx: LabContext) -> ExperimentResult:
     losses = _losses()
     (ce,) = require("cross_entropy_loss")
-    from ..plots import plt, seed_strip
+    from ..plots import legend_outside, plt, seed_strip
 
     seeds = ctx.seeds
     steps = ctx.pick(400, 200, 15)
@@ -126,7 +126,7 @@ def run(ctx: LabContext) -> ExperimentResult:
     ax.set_xticks(x, [str(s) for s in seeds])
     ax.set_xlabel("seed")
     ax.set_ylabel("student accuracy gain (points)")
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     ax.set_title("Paired gain over the CE-trained student, per seed", fontsize=10)
     res.figures.append(
         ctx.figure(fig, f"{NAME}_gain.png", "Per-seed accuracy gain of the distilled student over CE")

@@ -149,7 +149,7 @@ def _g(x: float) -> str:
 
 def run(ctx: LabContext) -> ExperimentResult:
     require("linear_cross_entropy")
-    from ..plots import plt
+    from ..plots import plt, positive_for_log
 
     vocab = ctx.pick(4096, 4096, 512)
     steps = ctx.pick(300, 100, 10)
@@ -270,9 +270,13 @@ def run(ctx: LabContext) -> ExperimentResult:
     axes[0].set_ylabel("training loss (nats, mean over seeds)")
     axes[0].legend(fontsize=8)
     axes[0].set_title("Training loss, same init and batches", fontsize=10)
-    axes[1].plot(x, np.max(diffs, axis=0) + 1e-12, color="C2")
-    axes[1].set_yscale("log")
-    axes[1].set_xlabel("step")
+    gap, exact = positive_for_log(np.max(diffs, axis=0))
+    axes[1].plot(x, gap, ".-", color="C2", ms=3)
+    if exact < len(x):  # exact zeros are gaps, not spikes to the bottom of a log axis
+        axes[1].set_yscale("log")
+    else:
+        axes[1].text(0.5, 0.5, "equal at every step", ha="center", va="center", transform=axes[1].transAxes)
+    axes[1].set_xlabel("step" + (f" (gaps: {exact} step(s) with equal losses)" if exact else ""))
     axes[1].set_ylabel("max over seeds |naive − fused|")
     axes[1].set_title("Difference of the two curves", fontsize=10)
     if have_mem:

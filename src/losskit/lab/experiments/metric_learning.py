@@ -146,7 +146,7 @@ def _conclusion(res: ExperimentResult, trained: list[str]) -> str:
 
 def run(ctx: LabContext) -> ExperimentResult:
     losses = _losses()
-    from ..plots import plt, seed_strip
+    from ..plots import legend_outside, plt, seed_strip
 
     steps = ctx.pick(300, 300, 20)
     seeds = ctx.seeds
@@ -215,7 +215,7 @@ def run(ctx: LabContext) -> ExperimentResult:
         ax.set_title(f"{m}: recall@1 {res.methods[m][0]:.1f}% (seed {seeds[0]})", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-    axes[1].legend(title="digit", fontsize=8, markerscale=2)
+    legend_outside(axes[1], title="digit", markerscale=2)
     fig.suptitle("Unseen digits 5-9 in the learned embedding (PCA of L2-normalised embeddings)", fontsize=10)
     fig.tight_layout()
     res.figures.append(

@@ -87,7 +87,7 @@ def _rmse(pred: torch.Tensor, y: torch.Tensor) -> list[float]:
 
 def run(ctx: LabContext) -> ExperimentResult:
     losses = _losses()
-    from ..plots import plt, seed_strip
+    from ..plots import ERRORBAR_LABEL, legend_outside, plt, seed_strip
 
     steps = ctx.pick(600, 300, 30)
     seeds = ctx.seeds
@@ -139,15 +139,16 @@ def run(ctx: LabContext) -> ExperimentResult:
 
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     deltas = [mult * scale for mult in mults]
-    ax.errorbar(deltas, [np.mean(v) for v in sweep], yerr=[np.std(v) for v in sweep], fmt="o-", capsize=3,
-                label="Huber(delta)")  # fmt: skip
+    stds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in sweep]  # the report's sample std
+    ax.errorbar(deltas, [np.mean(v) for v in sweep], yerr=stds, fmt="o-", capsize=3,
+                label=f"Huber(delta), {ERRORBAR_LABEL}")  # fmt: skip
     for m, color, ls in (("mse", "C3", "--"), ("l1", "C2", ":"), ("mse_clean", "k", "-.")):
         ax.axhline(float(np.mean(res.methods[m])), color=color, ls=ls, lw=1, label=m)
     ax.axvline(scale, color="0.6", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("Huber delta (target units; grey line = 1.4826 MAD)")
     ax.set_ylabel("test RMSE (lower is better)")
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     ax.set_title("Huber delta must be set in target units", fontsize=10)
     res.figures.append(
         ctx.figure(
