@@ -657,3 +657,43 @@ def test_linear_ce_confident_tokens_keep_relative_precision(reduction, target):
     for g, r in zip(got_grad, ref_grad):
         r = float(r)
         assert abs(g) <= 1e-30 if abs(r) < 1e-30 else abs(g - r) <= 2e-5 * abs(r), (g, r)
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
+def test_linear_kd_confident_tokens_keep_relative_precision(beta):
+    """Student logits ``[x, 0, -x/2]``, teacher ``[x/2, 1, -x/4]`` for x in [-80, 80] (identity heads):
+    per-token divergences and student gradients to relative precision against exact values (mpmath)."""
+    import mpmath as mp
+
+    mp.mp.dps = 60
+    x = torch.linspace(-80.0, 80.0, 161)
+    hs = torch.stack([x, torch.zeros_like(x), -x / 2], 1).requires_grad_()
+    ht = torch.stack([x / 2, torch.ones_like(x), -x / 4], 1)
+    eye = torch.eye(3)
+    out = LF.linear_kd_loss(hs, eye, ht, eye, beta=beta, reduction="none")
+    (gh,) = torch.autograd.grad(out.sum(), hs)
+
+    def f(*v):
+        lse_s = mp.log(mp.fsum(mp.exp(u) for u in v[:3]))
+        lse_t = mp.log(mp.fsum(mp.exp(u) for u in v[3:]))
+        ls = [u - lse_s for u in v[:3]]
+        lt = [u - lse_t for u in v[3:]]
+        if beta == 0.0:
+            return mp.fsum(mp.exp(b) * (b - a) for a, b in zip(ls, lt))
+        if beta == 1.0:
+            return mp.fsum(mp.exp(a) * (a - b) for a, b in zip(ls, lt))
+        lm = [mp.log(beta * mp.exp(b) + (1 - beta) * mp.exp(a)) for a, b in zip(ls, lt)]
+        return beta * mp.fsum(mp.exp(b) * (b - m) for b, m in zip(lt, lm)) + (1 - beta) * mp.fsum(
+            mp.exp(a) * (a - m) for a, m in zip(ls, lm)
+        )
+
+    rows = [[mp.mpf(float(v)) for v in a + b] for a, b in zip(hs.detach().tolist(), ht.tolist())]
+    ref = [float(f(*r)) for r in rows]
+    ref_g = [float(mp.diff(f, r, tuple(int(j == k) for j in range(6)))) for r in rows for k in range(3)]
+    for got, exact in ((out.double().tolist(), ref), (gh.double().reshape(-1).tolist(), ref_g)):
+        bad = [
+            (g, r)
+            for g, r in zip(got, exact)
+            if not (abs(g) <= 1e-30 if abs(r) < 1e-30 else abs(g - r) <= 2e-5 * abs(r))
+        ]
+        assert not bad, bad[:4]

@@ -157,6 +157,36 @@ def log_softmax_(z: torch.Tensor) -> torch.Tensor:
     return z
 
 
+def log_softmax_tail_(z: torch.Tensor, tmp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`log_softmax_` whose most likely entry keeps its digits as its probability nears 1.
+
+    ``log p_m = s_m - lse`` rounds to 0 once ``1 - p_m`` is below float32's epsilon; it is rewritten
+    as ``log1p(-rest)`` with ``rest`` the sum of the other probabilities (where ``p_m > 1/2``).
+    Returns the index ``m`` ``(C, 1)`` and ``rest`` ``(C, 1)``; ``tmp`` is scratch of ``z``'s shape.
+    """
+    log_softmax_(z)
+    idx = z.argmax(dim=1, keepdim=True)
+    torch.exp(z, out=tmp)
+    tmp.scatter_(1, idx, 0.0)
+    rest = tmp.sum(1, keepdim=True)
+    z.scatter_(1, idx, torch.where(rest < 0.5, torch.log1p(-rest), z.gather(1, idx)))
+    return idx, rest
+
+
+def _pivot_grad_(
+    p: torch.Tensor, g: torch.Tensor, pg: torch.Tensor, idx: torch.Tensor, rest: torch.Tensor
+) -> None:
+    """``p <- p (g - sum_c p g)`` evaluated as ``p ((g - g_m) - sum_{c != m} p (g - g_m))`` with ``m``
+    the most likely class (the same since ``sum_c p = 1``; ``rest = sum_{c != m} p``): the
+    dominant class leaves the sum, so its small gradient keeps its digits. ``pg`` holds ``p * g``
+    and is overwritten."""
+    g_m = g.gather(1, idx)
+    pg.scatter_(1, idx, 0.0)
+    piv = pg.sum(1, keepdim=True) - g_m * rest
+    g.sub_(g_m).sub_(piv)
+    p.mul_(g)
+
+
 class TokenHead(Protocol):
     """Turns a chunk of logits into per-token losses and, in place, into d(loss)/d(logits)."""
 
@@ -301,7 +331,8 @@ class DistillHead:
         self.tb = None if teacher_bias is None else teacher_bias.to(cdt)
         self.temperature = float(temperature)
         self.beta = float(beta)
-        self.n_buffers = 2 if self.beta in (0.0, 1.0) else 3
+        # teacher, difference and scratch buffers; the mixture's gaps take temporaries of that size
+        self.n_buffers = 3 if self.beta in (0.0, 1.0) else 9
         self.n_buffers += 1 if teacher_hidden.dtype != cdt else 0
 
     def __call__(
@@ -323,49 +354,44 @@ class DistillHead:
         if inv_t != 1.0:
             z.mul_(inv_t)
             tz.mul_(inv_t)
-        log_softmax_(z)  # log p_S
-        log_softmax_(tz)  # log p_T
+        tmp = bufs.get("extra", c, v, z, z.dtype)
+        idx_s, rest_s = log_softmax_tail_(z, tmp)  # log p_S
+        log_softmax_tail_(tz, tmp)  # log p_T
         d = bufs.get("diff", c, v, z, z.dtype)
-        factor = inv_t
         if b == 0.0:  # forward KL(p_T || p_S); d/dz_S = p_S - p_T
-            torch.sub(tz, z, out=d)
-            tz.exp_()
-            d.mul_(tz)
-            loss = d.sum(1)
-            if need_grad:
-                z.exp_()
-                z.sub_(tz)
-        elif b == 1.0:  # reverse KL(p_S || p_T); d/dz_S = p_S (log p_S - log p_T - KL)
+            torch.sub(tz, z, out=d)  # log p_T - log p_S
+            torch.exp(tz, out=tmp)  # p_T
+            loss = torch.mul(d, tmp, out=tz).sum(1)
+            if need_grad:  # p_S - p_T = expm1(-|d|) * (p_T if d > 0 else -p_S): no cancellation near 1
+                z.exp_().neg_()
+                torch.where(d > 0, tmp, z, out=tz)
+                d.abs_().neg_().expm1_()
+                torch.mul(tz, d, out=z)
+        elif b == 1.0:  # reverse KL(p_S || p_T); d/dz_S = p_S (g - KL), g = log p_S - log p_T
             torch.sub(z, tz, out=d)
             z.exp_()
             torch.mul(z, d, out=tz)
             loss = tz.sum(1)
             if need_grad:
-                d.sub_(loss.unsqueeze(1))
-                z.mul_(d)
+                _pivot_grad_(z, d, tz, idx_s, rest_s)
         else:
-            e = bufs.get("extra", c, v, z, z.dtype)
-            torch.add(tz, math.log(b), out=d)
-            torch.add(z, math.log1p(-b), out=e)
-            torch.logaddexp(d, e, out=d)  # log M
-            torch.sub(tz, d, out=e)  # log p_T - log M
+            torch.sub(z, tz, out=d)  # log p_S - log p_T
+            s_big = d >= 0
+            a = d.abs().neg_()
+            corr = torch.log1p(torch.where(s_big, b, 1.0 - b) * torch.expm1(a))  # u - log M
+            gap_s = torch.where(s_big, -corr, a - corr).mul_(1.0 - b)  # (1 - beta)(log p_S - log M)
+            gap_t = torch.where(s_big, a - corr, -corr).mul_(b)  # beta (log p_T - log M)
+            z.exp_()
             tz.exp_()
-            e.mul_(tz)
-            loss = b * e.sum(1)
-            d.neg_().add_(z)  # log p_S - log M
-            z.exp_()  # p_S
-            torch.mul(z, d, out=e)
-            kl_s = e.sum(1)
-            loss = loss + (1.0 - b) * kl_s
-            if need_grad:  # d/dz_S = (1 - beta) p_S (log p_S - log M - KL(p_S || M))
-                d.sub_(kl_s.unsqueeze(1))
-                z.mul_(d)
-                factor *= 1.0 - b
+            terms = z * gap_s
+            loss = terms.sum(1) + tz.mul_(gap_t).sum(1)
+            if need_grad:  # d/dz_S = p_S (gap_S - sum_c p_S gap_S)
+                _pivot_grad_(z, gap_s, terms, idx_s, rest_s)
         if need_grad:
             if row_scale is not None:
-                z.mul_((row_scale * factor).unsqueeze(1))
-            elif factor != 1.0:
-                z.mul_(factor)
+                z.mul_((row_scale * inv_t).unsqueeze(1))
+            elif inv_t != 1.0:
+                z.mul_(inv_t)
         return loss
 
     def reference(self, logits: torch.Tensor) -> torch.Tensor:
