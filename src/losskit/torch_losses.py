@@ -22,6 +22,8 @@ options after it) are keyword-only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -115,6 +117,16 @@ def _poison(loss: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
     return loss
 
 
+def _torch_reduced(
+    loss_fn: Callable[[str], torch.Tensor], reduction: str, input: torch.Tensor
+) -> torch.Tensor:
+    """``loss_fn(reduction)``, torch's own fused reduction, for ``'mean'`` / ``'sum'`` of a non-empty input;
+    otherwise ``reduce_loss(loss_fn('none'), reduction)`` (torch's ``'mean'`` of an empty input is NaN)."""
+    if reduction in ("mean", "sum") and input.numel() > 0:
+        return loss_fn(reduction)
+    return reduce_loss(loss_fn("none"), reduction)
+
+
 def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     """``reduce_loss`` plus ``'batchmean'``: the sum over the batch size (the first dimension)."""
     if reduction == "batchmean":
@@ -152,6 +164,8 @@ def mse_loss(
     """
     x, y = _check_pair(input, target, reduction)
     _check_weight("weight", weight, input)
+    if weight is None:
+        return _torch_reduced(lambda r: F.mse_loss(x, y, reduction=r), reduction, x)
     return reduce_loss(F.mse_loss(x, y, reduction="none"), reduction, weight=_as(weight, x))
 
 
@@ -178,6 +192,8 @@ def l1_loss(
     """
     x, y = _check_pair(input, target, reduction)
     _check_weight("weight", weight, input)
+    if weight is None:
+        return _torch_reduced(lambda r: F.l1_loss(x, y, reduction=r), reduction, x)
     return reduce_loss(F.l1_loss(x, y, reduction="none"), reduction, weight=_as(weight, x))
 
 
@@ -222,14 +238,14 @@ def binary_cross_entropy(
         except LossValueError as err:
             raise LossValueError(f"{err} (probabilities; for logits use bce_with_logits)") from None
         check_prob_target("target", target)
-        loss = F.binary_cross_entropy(x, y, _as(weight, x), reduction="none")
-    else:  # torch's kernel rejects NaN / inf (an error on CPU, a device assert on GPU): keep them as NaN
-        ok = torch.isfinite(x) & torch.isfinite(y)
-        safe = F.binary_cross_entropy(
-            torch.where(ok, x, 0.5), torch.where(ok, y, 0.5), _as(weight, x), reduction="none"
-        )
-        loss = _poison(safe, x, y)
-    return reduce_loss(loss, reduction)
+        w = _as(weight, x)
+        return _torch_reduced(lambda r: F.binary_cross_entropy(x, y, w, reduction=r), reduction, x)
+    # checks off: torch's kernel rejects NaN / inf (an error on CPU, a device assert on GPU); keep them as NaN
+    ok = torch.isfinite(x) & torch.isfinite(y)
+    safe = F.binary_cross_entropy(
+        torch.where(ok, x, 0.5), torch.where(ok, y, 0.5), _as(weight, x), reduction="none"
+    )
+    return reduce_loss(_poison(safe, x, y), reduction)
 
 
 def binary_cross_entropy_with_logits(
@@ -266,10 +282,10 @@ def binary_cross_entropy_with_logits(
     _check_weight("pos_weight", pos_weight, input)
     if can_read_values(target):
         check_prob_target("target", target)
-    loss = F.binary_cross_entropy_with_logits(
-        x, y, _as(weight, x), reduction="none", pos_weight=_as(pos_weight, x)
+    w, pw = _as(weight, x), _as(pos_weight, x)
+    return _torch_reduced(
+        lambda r: F.binary_cross_entropy_with_logits(x, y, w, reduction=r, pos_weight=pw), reduction, x
     )
-    return reduce_loss(loss, reduction)
 
 
 # ----------------------------------------------------------------------------- KL divergence
