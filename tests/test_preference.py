@@ -806,6 +806,22 @@ def test_loss_type_and_weight_errors():
         P.dpo_loss(*args, reduction="sum", normalizer=3.0)
 
 
+def test_reduction_follows_the_hyperparameters_positionally():
+    args = _dpo_args()
+    c, r = args[0], args[1]
+    torch.testing.assert_close(
+        P.dpo_loss(*args, 0.2, "ipo", 0.0, "sum"),
+        P.dpo_loss(*args, beta=0.2, loss_type="ipo", reduction="sum"),
+    )
+    torch.testing.assert_close(
+        P.simpo_loss(c, r, 2.0, 0.5, 0.0, "none"), P.simpo_loss(c, r, reduction="none")
+    )
+    torch.testing.assert_close(P.orpo_loss(c, r, 0.1, "sum"), P.orpo_loss(c, r, reduction="sum"))
+    torch.testing.assert_close(
+        P.reward_model_loss(c, r, None, "sum"), P.reward_model_loss(c, r, reduction="sum")
+    )
+
+
 def test_normalizer_replaces_the_mean_denominator():
     args = _dpo_args()
     torch.testing.assert_close(P.dpo_loss(*args, normalizer=4.0), P.dpo_loss(*args, reduction="sum") / 4.0)

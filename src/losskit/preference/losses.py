@@ -440,13 +440,13 @@ def dpo_loss(
     beta: float = 0.1,
     loss_type: str | Sequence[str] = "sigmoid",
     label_smoothing: float = 0.0,
+    reduction: str = "mean",
     *,
     loss_weights: Sequence[float] | None = None,
     discopop_tau: float = 0.05,
     reward_baseline: Baseline = None,
     gather_distributed: bool = False,
     group: Group = None,
-    reduction: str = "mean",
     normalizer: Normalizer = None,
 ) -> torch.Tensor:
     r"""Direct Preference Optimization (Rafailov et al. 2023) and its pairwise variants.
@@ -479,7 +479,7 @@ def dpo_loss(
             &&\text{APO (D'Oosterlinck et al. 2024), eq. 7}\\
         \text{apo\_down} &: \sigma(\beta\rho_w) + 1 - \sigma(\beta h) &&\text{APO, eq. 8}\\
         \text{discopop} &: -\log\sigma(\beta h)\,(1 - m) + e^{-\beta h} m,\quad m = \sigma(\beta h/\tau)
-            &&\text{DiscoPOP (Chris Lu et al. 2024)}
+            &&\text{DiscoPOP (Lu et al. 2024)}
         \end{aligned}
 
     A list ``loss_type=['sigmoid', 'bco_pair', ...]`` sums the listed losses with ``loss_weights``
@@ -487,8 +487,9 @@ def dpo_loss(
     which you add yourself). ``reduction='none'`` returns that weighted sum per pair.
 
     Conventions. The log-probs are the completions' **summed** token log-probs, as in the DPO paper
-    and in TRL, OpenRLHF and LLaMA-Factory, except for IPO: its paper (and LLaMA-Factory, and TRL's
-    trainer before 2025) uses **length-averaged** log-probs; pass those for ``loss_type='ipo'``
+    and in TRL, OpenRLHF and LLaMA-Factory, except for IPO: its paper uses **length-averaged**
+    log-probs (TRL's DPOTrainer and LLaMA-Factory divide by the lengths themselves for ``ipo``);
+    pass averaged ones for ``loss_type='ipo'``
     (``sum / num_tokens`` of each completion, policy and reference alike). ``beta`` multiplies the
     log-ratios everywhere (the implicit reward is :math:`\beta\rho`), except in ``ipo`` and
     ``sppo_hard`` where :math:`1/(2\beta)` is the target margin. ``label_smoothing`` is used by
@@ -693,8 +694,8 @@ def simpo_loss(
     beta: float = 2.0,
     gamma: float = 0.5,
     label_smoothing: float = 0.0,
-    *,
     reduction: str = "mean",
+    *,
     normalizer: Normalizer = None,
 ) -> torch.Tensor:
     r"""SimPO: simple preference optimisation with a reference-free reward (Meng et al. 2024).
@@ -798,10 +799,10 @@ def cpo_loss(
     policy_rejected_logps: torch.Tensor,
     beta: float = 0.1,
     label_smoothing: float = 0.0,
+    reduction: str = "mean",
     *,
     alpha: float = 1.0,
     chosen_nll: torch.Tensor | None = None,
-    reduction: str = "mean",
     normalizer: Normalizer = None,
 ) -> torch.Tensor:
     r"""Contrastive Preference Optimization (Xu et al. 2024): DPO without the reference, plus NLL.
@@ -922,9 +923,9 @@ def orpo_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
     beta: float = 0.1,
+    reduction: str = "mean",
     *,
     chosen_nll: torch.Tensor | None = None,
-    reduction: str = "mean",
     normalizer: Normalizer = None,
 ) -> torch.Tensor:
     r"""ORPO: monolithic preference optimisation with an odds ratio (Hong et al. 2024).
@@ -1076,13 +1077,13 @@ def kto_loss(
     policy_kl_logps: torch.Tensor | None = None,
     ref_kl_logps: torch.Tensor | None = None,
     beta: float = 0.1,
+    reduction: str = "mean",
     *,
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,
     kl: Baseline = None,
     gather_distributed: bool = False,
     group: Group = None,
-    reduction: str = "mean",
     normalizer: Normalizer = None,
 ) -> torch.Tensor:
     r"""Kahneman-Tversky Optimization (Ethayarajh et al. 2024) on unpaired, labelled completions.
@@ -1224,9 +1225,9 @@ def reward_model_loss(
     chosen_rewards: torch.Tensor,
     rejected_rewards: torch.Tensor,
     margin: torch.Tensor | float | None = None,
+    reduction: str = "mean",
     *,
     center_rewards_coefficient: float | None = None,
-    reduction: str = "mean",
     normalizer: Normalizer = None,
 ) -> torch.Tensor:
     r"""Bradley-Terry reward-model loss (Ouyang et al. 2022, InstructGPT; Bradley & Terry 1952).
