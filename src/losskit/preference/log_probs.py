@@ -1,5 +1,622 @@
-"""Per-token and per-sequence log-probabilities, from logits or fused from hidden states."""
+"""Per-token and per-sequence log-probabilities, from logits or fused from hidden states.
+
+Preference losses (DPO, SimPO, ORPO, KTO, ...) score a completion by the sum (or length-normalised
+mean) of its tokens' log-probabilities under the policy. With a vocabulary of ``V`` tokens the
+logits of ``N`` completion tokens are an ``(N, V)`` matrix that, with what eager autograd keeps for
+``log_softmax``, dominates training memory. :func:`linear_log_probs` takes the last hidden states and
+the LM-head weight instead and never builds that matrix; the ``Linear*Loss`` modules compose it with
+:func:`sum_per_sequence` and the losses of :mod:`losskit.preference.losses`.
+
+Conventions: ``target[..., t]`` is the token scored by ``hidden[..., t, :]`` / ``logits[..., t, :]``
+(for a causal LM shift first: ``hidden[:, :-1]`` with ``labels[:, 1:]``); positions whose target is
+``ignore_index`` (prompt and padding) contribute nothing.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._checks import (
+    LossTypeError,
+    LossValueError,
+    check_floating,
+    check_int,
+    check_ndim,
+    check_number,
+    check_same_device,
+    check_tensor,
+    shape_str,
+)
+from .._kernels.log_probs import linear_log_probs_rows
+from .._reduction import compute_dtype
+from ..language import _check_head, _check_tokens_target, _plan
+from .losses import dpo_loss, kto_loss, orpo_loss, simpo_loss
+
+__all__ = [
+    "LinearDPOLoss",
+    "LinearKTOLoss",
+    "LinearORPOLoss",
+    "LinearSimPOLoss",
+    "linear_log_probs",
+    "sequence_log_probs",
+    "sum_per_sequence",
+]
+
+
+def _check_options(ignore_index: int, temperature: float, chunk_size: int | None) -> None:
+    check_int("ignore_index", ignore_index)
+    check_number("temperature", temperature, low=0.0, low_open=True)
+    check_int("chunk_size", chunk_size, low=1, allow_none=True)
+
+
+def linear_log_probs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    chunk_size: int | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    r"""Per-token ``log p(target)`` of a linear head, ``log_softmax((hidden @ weight.T + bias) / T)``,
+    without the ``(N, V)`` logits.
+
+    .. math::
+        z = (h W^\top + b) / T,\qquad \log p_t = z_t - \log\sum_j e^{z_j},\qquad
+        H = -\sum_j p_j \log p_j
+
+    The forward pass keeps one ``(C, V)`` chunk of logits at a time and saves only the per-token
+    log-normaliser (and entropy); the backward pass recomputes each chunk, so the gradients w.r.t.
+    ``hidden``, ``weight`` and ``bias`` are exact for **any** upstream gradient (the losses built on
+    log-probs are non-linear in them). This is the scheme of Cut Your Losses (Wijmans et al. 2024).
+
+    Args:
+        hidden: ``(N, H)`` or ``(B, T, H)`` hidden states (float32/float64/bfloat16/float16).
+        weight: ``(V, H)`` head weight, same dtype as ``hidden`` (e.g. ``lm_head.weight``).
+        target: ``(N,)`` / ``(B, T)`` token indices in ``[0, V)`` or ``ignore_index``.
+        bias: optional ``(V,)`` head bias.
+        ignore_index: target value whose position gets log-prob 0 (and entropy 0), and no gradient.
+        temperature: ``T > 0``; the logits are divided by it (sampling temperature of the rollout).
+        return_entropy: also return the per-token entropy of the softmax (a second output, so the
+            return type is a tuple ``(logps, entropy)`` only when this is True).
+        chunk_size: tokens per chunk; default: as many as fit a 48 MiB float32 logits buffer.
+
+    Returns:
+        ``logps`` of ``target``'s shape, float32 (float64 for float64 inputs); with
+        ``return_entropy=True`` the tuple ``(logps, entropy)`` of two such tensors.
+
+    Memory and time: besides the inputs, autograd keeps two (three with entropy) float32 vectors of
+    ``N`` entries. The backward pass costs one more ``(N, H) x (H, V)`` product than eager autograd
+    (the logits are recomputed). Half-precision inputs run their matrix products in their own dtype;
+    softmax, outputs and the weight gradient (accumulated across chunks) are float32. On CPU the
+    ignored tokens are skipped before any matrix product.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> hidden = torch.randn(5, 4, generator=g, requires_grad=True)
+        >>> weight = torch.randn(10, 4, generator=g, requires_grad=True)
+        >>> target = torch.tensor([1, 2, -100, 4, 9])
+        >>> logps, entropy = linear_log_probs(hidden, weight, target, return_entropy=True, chunk_size=2)
+        >>> eager = torch.log_softmax(hidden @ weight.T, -1)
+        >>> torch.allclose(logps[[0, 1, 3, 4]], eager[[0, 1, 3, 4], [1, 2, 4, 9]]), logps[2].item()
+        (True, 0.0)
+        >>> torch.allclose(entropy[0], -(eager[0].exp() * eager[0]).sum())
+        True
+        >>> (logps.square().sum() + entropy.sum()).backward()  # any function of the outputs
+        >>> weight.grad.shape
+        torch.Size([10, 4])
+    """
+    _check_options(ignore_index, temperature, chunk_size)
+    if not isinstance(return_entropy, bool):
+        raise LossTypeError(f"return_entropy must be a bool, got {type(return_entropy).__name__}")
+    _check_head("hidden", hidden, "weight", weight, "bias", bias)
+    vocab = weight.shape[0]
+    flat_t = _check_tokens_target(target, hidden, vocab, ignore_index, "hidden")
+    h2 = hidden.reshape(-1, hidden.shape[-1])
+    plan = _plan(
+        flat_t != ignore_index, h2.shape[0], vocab, 2 if return_entropy else 1, chunk_size, hidden.device
+    )
+    logps, ent = linear_log_probs_rows(
+        h2,
+        weight,
+        bias,
+        flat_t,
+        plan,
+        inv_temperature=1.0 / float(temperature),
+        ignore_index=ignore_index,
+        entropy=return_entropy,
+    )
+    logps = logps.reshape(target.shape)
+    if not return_entropy:
+        return logps
+    assert ent is not None
+    return logps, ent.reshape(target.shape)
+
+
+def _check_mask(name: str, mask: torch.Tensor, ref_name: str, ref: torch.Tensor) -> torch.Tensor:
+    check_tensor(name, mask)
+    if mask.is_floating_point() or mask.is_complex():
+        raise LossTypeError(f"{name} must be a bool (or 0/1 integer) tensor, got dtype {mask.dtype}")
+    if tuple(mask.shape) != tuple(ref.shape):
+        raise LossValueError(
+            f"{name} has shape {shape_str(mask.shape)}, expected {shape_str(ref.shape)} to match {ref_name}"
+        )
+    check_same_device((ref_name, ref), (name, mask))
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def sum_per_sequence(values: torch.Tensor, mask: torch.Tensor, average: bool = False) -> torch.Tensor:
+    r"""Per-sequence sum (or length-normalised mean) of per-token values: ``(B, T) -> (B,)``.
+
+    .. math::
+        s_b = \sum_t m_{bt} v_{bt}, \qquad \bar s_b = s_b / \max(1, \textstyle\sum_t m_{bt})
+
+    Masked-out entries are never read (a ``-inf`` or NaN there does not leak into the result or its
+    gradient); a row with no unmasked entry gives 0 with a zero, finite gradient.
+
+    Args:
+        values: ``(B, T)`` floating per-token values (e.g. :func:`linear_log_probs` output).
+        mask: ``(B, T)`` bool (or 0/1 integer) tensor, True where the token counts.
+        average: divide each row's sum by its number of counted tokens (SimPO, IPO convention).
+
+    Returns:
+        ``(B,)`` tensor in ``values``' compute dtype (float32 for half inputs).
+
+    Example:
+        >>> v = torch.tensor([[-1.0, -2.0, float("-inf")], [-3.0, 0.0, 0.0]])
+        >>> m = torch.tensor([[True, True, False], [False, False, False]])
+        >>> sum_per_sequence(v, m), sum_per_sequence(v, m, average=True)
+        (tensor([-3., 0.]), tensor([-1.5000, 0.0000]))
+    """
+    check_floating("values", values)
+    check_ndim("values", values, 2, "(B, T)")
+    mask = _check_mask("mask", mask, "values", values)
+    if not isinstance(average, bool):
+        raise LossTypeError(f"average must be a bool, got {type(average).__name__}")
+    v = values.to(compute_dtype(values))
+    total = torch.where(mask, v, v.new_zeros(())).sum(1)
+    if not average:
+        return total
+    return total / mask.sum(1).clamp_min(1).to(total.dtype)
+
+
+def sequence_log_probs(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100, average: bool = False
+) -> torch.Tensor:
+    r"""Per-sequence log-probability ``(B,)`` of ``target`` under ``(B, T, V)`` logits.
+
+    .. math::
+        \log \pi(y_b) = \sum_{t:\, y_{bt} \ne \text{ignore}} \log \operatorname{softmax}(z_{bt})_{y_{bt}}
+
+    (divided by the number of counted tokens with ``average=True``). ``target[b, t]`` is scored by
+    ``logits[b, t]``: for a causal LM pass ``logits[:, :-1]`` and ``labels[:, 1:]``. This is the eager
+    form (it holds the ``(B, T, V)`` log-softmax); :func:`linear_log_probs` with
+    :func:`sum_per_sequence` gives the same values and gradients from hidden states.
+
+    Example:
+        >>> logits = torch.zeros(2, 3, 4)
+        >>> target = torch.tensor([[0, 1, -100], [2, -100, -100]])
+        >>> sequence_log_probs(logits, target) / torch.log(torch.tensor(0.25))
+        tensor([2., 1.])
+    """
+    check_floating("logits", logits)
+    check_ndim("logits", logits, 3, "(B, T, V)")
+    check_int("ignore_index", ignore_index)
+    flat_t = _check_tokens_target(target, logits, logits.shape[-1], ignore_index, "logits")
+    valid = target != ignore_index
+    logp = torch.log_softmax(logits.to(compute_dtype(logits)), dim=-1)
+    safe = flat_t.masked_fill(flat_t == ignore_index, 0).reshape(target.shape)
+    per_token = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return sum_per_sequence(per_token, valid, average=average)
+
+
+# ----------------------------------------------------------------------------- fused losses
+
+
+def _arg(*parts: str) -> str:
+    """An argument's name from its parts: ``_arg("ref", "chosen", "logps") == "ref_chosen_logps"``."""
+    return "_".join(p for p in parts if p)
+
+
+class _LinearPreference(nn.Module):
+    """Shared plumbing of the fused losses: per-sequence log-probs from hidden states.
+
+    Every policy sequence of a call goes through one :func:`linear_log_probs` call (one weight
+    gradient, one chunk plan); a reference model given by hidden states runs the same way under
+    ``no_grad``. Sequence log-probs are sums over the counted tokens, or means with ``average``.
+    """
+
+    average: bool = False
+
+    def __init__(self, ignore_index: int = -100, temperature: float = 1.0, chunk_size: int | None = None):
+        super().__init__()
+        _check_options(ignore_index, temperature, chunk_size)
+        self.ignore_index = ignore_index
+        self.temperature = float(temperature)
+        self.chunk_size = chunk_size
+
+    def _sequences(
+        self,
+        named: Sequence[tuple[str, torch.Tensor, torch.Tensor]],
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        weight_name: str = "weight",
+    ) -> list[torch.Tensor]:
+        """``(B_k,)`` sequence log-probs of each ``(name, hidden (B_k, T_k, H), target (B_k, T_k))``;
+        the arguments are ``<name>_hidden`` and ``<name>_target`` in messages."""
+        flats, targets = [], []
+        first_name, first = _arg(named[0][0], "hidden"), named[0][1]
+        for name, hidden, target in named:
+            h_name, t_name = _arg(name, "hidden"), _arg(name, "target")
+            check_floating(h_name, hidden)
+            check_ndim(h_name, hidden, 3, "(B, T, H)")
+            check_tensor(t_name, target)
+            if tuple(target.shape) != tuple(hidden.shape[:-1]):
+                raise LossValueError(
+                    f"{t_name} has shape {shape_str(target.shape)}, expected "
+                    f"{shape_str(hidden.shape[:-1])} to match {h_name} of shape {shape_str(hidden.shape)}"
+                )
+            check_same_device((first_name, first), (h_name, hidden))
+            if hidden.shape[-1] != first.shape[-1] or hidden.dtype != first.dtype:
+                raise LossValueError(
+                    f"{h_name} has shape {shape_str(hidden.shape)} and dtype {hidden.dtype}, expected "
+                    f"the hidden size and dtype of {first_name} ({shape_str(first.shape)}, {first.dtype})"
+                )
+            flats.append(hidden.reshape(-1, hidden.shape[-1]))
+            targets.append(target)
+        h_all = flats[0] if len(flats) == 1 else torch.cat(flats)
+        t_all = torch.cat([t.reshape(-1) for t in targets])
+        _check_head(first_name, h_all, weight_name, weight, weight_name.replace("weight", "bias"), bias)
+        lp = linear_log_probs(
+            h_all,
+            weight,
+            t_all,
+            bias,
+            ignore_index=self.ignore_index,
+            temperature=self.temperature,
+            chunk_size=self.chunk_size,
+        )
+        assert isinstance(lp, torch.Tensor)
+        pieces = lp.split([t.numel() for t in targets])
+        return [
+            sum_per_sequence(x.reshape(t.shape), t != self.ignore_index, average=self.average)
+            for x, t in zip(pieces, targets)
+        ]
+
+    def _reference(
+        self,
+        named: Sequence[tuple[str, torch.Tensor | None, torch.Tensor | None, torch.Tensor]],
+        ref_weight: torch.Tensor | None,
+        ref_bias: torch.Tensor | None,
+    ) -> list[torch.Tensor]:
+        """Reference sequence log-probs, detached: given as ``ref_<name>_logps`` ``(B,)``, or computed
+        under ``no_grad`` from ``ref_<name>_hidden`` and ``ref_weight``. ``named`` holds
+        ``(name, logps, hidden, target)``."""
+        logps = [x is not None for _, x, _, _ in named]
+        hiddens = [x is not None for _, _, x, _ in named]
+        if all(logps) and not any(hiddens):
+            out = []
+            for name, x, _, target in named:
+                assert x is not None
+                lp_name, t_name = _arg("ref", name, "logps"), _arg(name, "target")
+                check_floating(lp_name, x)
+                check_same_device((t_name, target), (lp_name, x))
+                if tuple(x.shape) != (target.shape[0],):
+                    raise LossValueError(
+                        f"{lp_name} has shape {shape_str(x.shape)}, expected ({target.shape[0]},): "
+                        f"one per sequence of {t_name}"
+                    )
+                out.append(x.detach())
+            return out
+        if all(hiddens) and not any(logps) and ref_weight is not None:
+            with torch.no_grad():
+                return self._sequences(
+                    [(_arg("ref", n), h, t) for n, _, h, t in named],  # type: ignore[misc]
+                    ref_weight,
+                    ref_bias,
+                    "ref_weight",
+                )
+        given = [_arg("ref", n, "logps") for n, x, _, _ in named if x is not None]
+        given += [_arg("ref", n, "hidden") for n, _, x, _ in named if x is not None]
+        given += ["ref_weight"] if ref_weight is not None else []
+        names = [n for n, _, _, _ in named]
+        raise LossValueError(
+            "the reference is given either by "
+            + " and ".join(_arg("ref", n, "logps") for n in names)
+            + ", or by "
+            + ", ".join(_arg("ref", n, "hidden") for n in names)
+            + f" and ref_weight; got {', '.join(given) or 'none of them'}"
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"ignore_index={self.ignore_index}, temperature={self.temperature}, chunk_size={self.chunk_size}"
+        )
+
+
+class LinearDPOLoss(_LinearPreference):
+    r"""DPO from the policy's last hidden states and LM head, without ``(tokens, vocab)`` logits.
+
+    ``loss = dpo_loss(pi_w, pi_l, ref_w, ref_l, beta, loss_type, ...)`` with *summed* completion
+    log-probs ``pi = sum_per_sequence(linear_log_probs(hidden, weight, target), target != ignore_index)``
+    (Rafailov et al. 2023). Values and gradients equal :func:`sequence_log_probs` on the full logits
+    composed with :func:`losskit.preference.losses.dpo_loss`.
+
+    The reference is either precomputed (``ref_chosen_logps``, ``ref_rejected_logps``: ``(B,)``,
+    summed the same way) or given by its hidden states and head (``ref_chosen_hidden``,
+    ``ref_rejected_hidden``, ``ref_weight``, ``ref_bias``), run chunk by chunk under ``no_grad``.
+
+    Args:
+        beta, loss_type, label_smoothing, **dpo_kwargs: passed to ``dpo_loss`` (``reduction``,
+            ``loss_weights``, ...).
+        ignore_index, temperature, chunk_size: as in :func:`linear_log_probs`.
+
+    Shapes: ``chosen_hidden (B, Tw, H)``, ``rejected_hidden (B, Tl, H)``, ``weight (V, H)``,
+    ``chosen_target (B, Tw)``, ``rejected_target (B, Tl)``; both completions run through one kernel
+    call (the hidden states are concatenated, ``(B (Tw + Tl), H)``).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> hw, hl = torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, 4, generator=g)
+        >>> weight = torch.randn(10, 4, generator=g, requires_grad=True)
+        >>> tw, tl = torch.randint(0, 10, (2, 3), generator=g), torch.randint(0, 10, (2, 3), generator=g)
+        >>> ref_w, ref_l = torch.tensor([-7.0, -6.0]), torch.tensor([-8.0, -9.0])
+        >>> loss = LinearDPOLoss(beta=0.1)(hw, hl, weight, tw, tl, ref_chosen_logps=ref_w, ref_rejected_logps=ref_l)
+        >>> from losskit.preference import dpo_loss
+        >>> eager = dpo_loss(sequence_log_probs(hw @ weight.T, tw), sequence_log_probs(hl @ weight.T, tl), ref_w, ref_l)
+        >>> torch.allclose(loss, eager)
+        True
+    """
+
+    def __init__(
+        self,
+        beta: float = 0.1,
+        loss_type: str | Sequence[str] = "sigmoid",
+        label_smoothing: float = 0.0,
+        ignore_index: int = -100,
+        temperature: float = 1.0,
+        chunk_size: int | None = None,
+        **dpo_kwargs: Any,
+    ) -> None:
+        super().__init__(ignore_index, temperature, chunk_size)
+        self.beta = beta
+        self.loss_type = loss_type
+        self.label_smoothing = label_smoothing
+        self.dpo_kwargs = dpo_kwargs
+
+    def forward(
+        self,
+        chosen_hidden: torch.Tensor,
+        rejected_hidden: torch.Tensor,
+        weight: torch.Tensor,
+        chosen_target: torch.Tensor,
+        rejected_target: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        ref_chosen_logps: torch.Tensor | None = None,
+        ref_rejected_logps: torch.Tensor | None = None,
+        ref_chosen_hidden: torch.Tensor | None = None,
+        ref_rejected_hidden: torch.Tensor | None = None,
+        ref_weight: torch.Tensor | None = None,
+        ref_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        pw, pl = self._sequences(
+            [("chosen", chosen_hidden, chosen_target), ("rejected", rejected_hidden, rejected_target)],
+            weight,
+            bias,
+        )
+        rw, rl = self._reference(
+            [
+                ("chosen", ref_chosen_logps, ref_chosen_hidden, chosen_target),
+                ("rejected", ref_rejected_logps, ref_rejected_hidden, rejected_target),
+            ],
+            ref_weight,
+            ref_bias,
+        )
+        return dpo_loss(
+            pw,
+            pl,
+            rw,
+            rl,
+            beta=self.beta,
+            loss_type=self.loss_type,
+            label_smoothing=self.label_smoothing,
+            **self.dpo_kwargs,
+        )
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, loss_type={self.loss_type!r}, " + super().extra_repr()
+
+
+class _LinearPairNoReference(_LinearPreference):
+    """Reference-free pairwise losses on length-averaged log-probs (SimPO, ORPO)."""
+
+    average = True
+
+    def _pair(
+        self,
+        chosen_hidden: torch.Tensor,
+        rejected_hidden: torch.Tensor,
+        weight: torch.Tensor,
+        chosen_target: torch.Tensor,
+        rejected_target: torch.Tensor,
+        bias: torch.Tensor | None,
+    ) -> list[torch.Tensor]:
+        return self._sequences(
+            [("chosen", chosen_hidden, chosen_target), ("rejected", rejected_hidden, rejected_target)],
+            weight,
+            bias,
+        )
+
+
+class LinearSimPOLoss(_LinearPairNoReference):
+    r"""SimPO (Meng et al. 2024) from hidden states: :func:`~losskit.preference.losses.simpo_loss` on the
+    **length-averaged** log-probs of :func:`linear_log_probs`; no reference model, no ``(tokens, vocab)``
+    logits. Arguments and shapes as :class:`LinearDPOLoss` (without the reference);
+    ``beta, gamma, label_smoothing, **simpo_kwargs`` go to ``simpo_loss``.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> hw, hl, weight = torch.randn(2, 3, 4, generator=g), torch.randn(2, 5, 4, generator=g), torch.randn(10, 4)
+        >>> tw, tl = torch.randint(0, 10, (2, 3), generator=g), torch.randint(0, 10, (2, 5), generator=g)
+        >>> from losskit.preference import simpo_loss
+        >>> eager = simpo_loss(sequence_log_probs(hw @ weight.T, tw, average=True),
+        ...                    sequence_log_probs(hl @ weight.T, tl, average=True))
+        >>> torch.allclose(LinearSimPOLoss()(hw, hl, weight, tw, tl), eager)
+        True
+    """
+
+    def __init__(
+        self,
+        beta: float = 2.0,
+        gamma: float = 0.5,
+        label_smoothing: float = 0.0,
+        ignore_index: int = -100,
+        temperature: float = 1.0,
+        chunk_size: int | None = None,
+        **simpo_kwargs: Any,
+    ) -> None:
+        super().__init__(ignore_index, temperature, chunk_size)
+        self.beta, self.gamma, self.label_smoothing = beta, gamma, label_smoothing
+        self.simpo_kwargs = simpo_kwargs
+
+    def forward(
+        self,
+        chosen_hidden: torch.Tensor,
+        rejected_hidden: torch.Tensor,
+        weight: torch.Tensor,
+        chosen_target: torch.Tensor,
+        rejected_target: torch.Tensor,
+        bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        aw, al = self._pair(chosen_hidden, rejected_hidden, weight, chosen_target, rejected_target, bias)
+        return simpo_loss(aw, al, self.beta, self.gamma, self.label_smoothing, **self.simpo_kwargs)
+
+
+class LinearORPOLoss(_LinearPairNoReference):
+    r"""ORPO (Hong et al. 2024) from hidden states: :func:`~losskit.preference.losses.orpo_loss` on the
+    **length-averaged** log-probs of :func:`linear_log_probs`, whose default NLL term is the chosen
+    completion's mean token NLL (``-avg_w``, the paper's per-pair average). Arguments and shapes as
+    :class:`LinearSimPOLoss`; ``beta`` (the paper's lambda) and ``**orpo_kwargs`` go to ``orpo_loss``.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> hw, hl, weight = torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, 4, generator=g), torch.randn(10, 4)
+        >>> tw, tl = torch.randint(0, 10, (2, 3), generator=g), torch.randint(0, 10, (2, 3), generator=g)
+        >>> from losskit.preference import orpo_loss
+        >>> eager = orpo_loss(sequence_log_probs(hw @ weight.T, tw, average=True),
+        ...                   sequence_log_probs(hl @ weight.T, tl, average=True))
+        >>> torch.allclose(LinearORPOLoss()(hw, hl, weight, tw, tl), eager)
+        True
+    """
+
+    def __init__(
+        self,
+        beta: float = 0.1,
+        ignore_index: int = -100,
+        temperature: float = 1.0,
+        chunk_size: int | None = None,
+        **orpo_kwargs: Any,
+    ) -> None:
+        super().__init__(ignore_index, temperature, chunk_size)
+        self.beta = beta
+        self.orpo_kwargs = orpo_kwargs
+
+    def forward(
+        self,
+        chosen_hidden: torch.Tensor,
+        rejected_hidden: torch.Tensor,
+        weight: torch.Tensor,
+        chosen_target: torch.Tensor,
+        rejected_target: torch.Tensor,
+        bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        aw, al = self._pair(chosen_hidden, rejected_hidden, weight, chosen_target, rejected_target, bias)
+        return orpo_loss(aw, al, self.beta, **self.orpo_kwargs)
+
+
+class LinearKTOLoss(_LinearPreference):
+    r"""KTO (Ethayarajh et al. 2024) from hidden states: :func:`~losskit.preference.losses.kto_loss` on
+    the **summed** log-probs of unpaired completions, labelled desirable or not.
+
+    ``hidden (B, T, H)``, ``target (B, T)``, ``desirable (B,)`` bool. The reference is given by
+    ``ref_logps`` ``(B,)`` or by ``ref_hidden`` + ``ref_weight`` (``ref_bias``), as in
+    :class:`LinearDPOLoss`. The KL reference point comes from ``kl=`` (a number or tensor), or from
+    the mismatched completions' hidden states ``kl_hidden (M, Tk, H)`` / ``kl_target (M, Tk)``: the
+    policy runs on them under ``no_grad`` (``kto_loss`` detaches the estimate anyway), the reference
+    through ``ref_kl_logps`` ``(M,)`` or ``ref_kl_hidden``. ``beta``, ``desirable_weight``,
+    ``undesirable_weight`` and ``**kto_kwargs`` go to ``kto_loss``.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> hidden, weight = torch.randn(2, 3, 4, generator=g), torch.randn(10, 4)
+        >>> target, desirable = torch.randint(0, 10, (2, 3), generator=g), torch.tensor([True, False])
+        >>> ref = torch.tensor([-7.0, -6.0])
+        >>> from losskit.preference import kto_loss
+        >>> eager = kto_loss(sequence_log_probs(hidden @ weight.T, target), ref, desirable, kl=0.0)
+        >>> torch.allclose(LinearKTOLoss()(hidden, weight, target, desirable, ref_logps=ref, kl=0.0), eager)
+        True
+    """
+
+    def __init__(
+        self,
+        beta: float = 0.1,
+        desirable_weight: float = 1.0,
+        undesirable_weight: float = 1.0,
+        ignore_index: int = -100,
+        temperature: float = 1.0,
+        chunk_size: int | None = None,
+        **kto_kwargs: Any,
+    ) -> None:
+        super().__init__(ignore_index, temperature, chunk_size)
+        self.beta = beta
+        self.desirable_weight, self.undesirable_weight = desirable_weight, undesirable_weight
+        self.kto_kwargs = kto_kwargs
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        target: torch.Tensor,
+        desirable: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        ref_logps: torch.Tensor | None = None,
+        ref_hidden: torch.Tensor | None = None,
+        ref_weight: torch.Tensor | None = None,
+        ref_bias: torch.Tensor | None = None,
+        kl: float | torch.Tensor | None = None,
+        kl_hidden: torch.Tensor | None = None,
+        kl_target: torch.Tensor | None = None,
+        ref_kl_logps: torch.Tensor | None = None,
+        ref_kl_hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        (policy,) = self._sequences([("", hidden, target)], weight, bias)
+        (ref,) = self._reference([("", ref_logps, ref_hidden, target)], ref_weight, ref_bias)
+        policy_kl = ref_kl = None
+        if kl_hidden is not None or kl_target is not None:
+            if kl_hidden is None or kl_target is None:
+                raise LossValueError("kl_hidden and kl_target go together; got only one of them")
+            with torch.no_grad():
+                (policy_kl,) = self._sequences([("kl", kl_hidden, kl_target)], weight, bias)
+            (ref_kl,) = self._reference(
+                [("kl", ref_kl_logps, ref_kl_hidden, kl_target)], ref_weight, ref_bias
+            )
+        return kto_loss(
+            policy,
+            ref,
+            desirable,
+            policy_kl,
+            ref_kl,
+            self.beta,
+            desirable_weight=self.desirable_weight,
+            undesirable_weight=self.undesirable_weight,
+            kl=kl,
+            **self.kto_kwargs,
+        )
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, " + super().extra_repr()
