@@ -312,3 +312,211 @@ def test_sequence_log_probs_errors():
         sequence_log_probs(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(LossValueError, match=r"target contains class index 5"):
         sequence_log_probs(torch.zeros(2, 3, 5), torch.full((2, 3), 5))
+
+
+# ----------------------------------------------------------------------------- fused preference losses
+
+from losskit.preference import (  # noqa: E402
+    LinearDPOLoss,
+    LinearKTOLoss,
+    LinearORPOLoss,
+    LinearSimPOLoss,
+    dpo_loss,
+    kto_loss,
+    orpo_loss,
+    simpo_loss,
+)
+
+
+def _pair_inputs(seed=6, b=3, tw=5, tl=4, h=4, v=12, bias=True):
+    g = torch.Generator().manual_seed(seed)
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+
+    hw, hl, weight = leaf(b, tw, h), leaf(b, tl, h), leaf(v, h)
+    bb = leaf(v) if bias else None
+    yw, yl = torch.randint(0, v, (b, tw), generator=g), torch.randint(0, v, (b, tl), generator=g)
+    yw[:, :2] = IGN  # prompt positions
+    yl[0, :] = IGN  # an all-ignored completion
+    yl[1, -1] = IGN
+    return hw, hl, weight, bb, yw, yl
+
+
+def _logits(hidden, weight, bias, temperature=1.0):
+    z = hidden @ weight.T
+    return (z if bias is None else z + bias) / temperature
+
+
+def _assert_same_value_and_grads(fused, eager, inputs):
+    torch.testing.assert_close(fused, eager)
+    leaves = [x for x in inputs if x is not None]
+    for x, y in zip(torch.autograd.grad(fused, leaves), torch.autograd.grad(eager, leaves)):
+        torch.testing.assert_close(x, y)
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_linear_dpo_with_precomputed_reference_matches_full_logits(loss_type, temperature):
+    hw, hl, weight, bb, yw, yl = _pair_inputs()
+    rw, rl = (
+        torch.tensor([-9.0, -8.0, -7.5], dtype=torch.float64),
+        torch.tensor([-6.0, -9.5, -8.0], dtype=torch.float64),
+    )
+    loss_fn = LinearDPOLoss(beta=0.3, loss_type=loss_type, temperature=temperature, chunk_size=4)
+    fused = loss_fn(hw, hl, weight, yw, yl, bb, ref_chosen_logps=rw, ref_rejected_logps=rl)
+    eager = dpo_loss(
+        sequence_log_probs(_logits(hw, weight, bb, temperature), yw),
+        sequence_log_probs(_logits(hl, weight, bb, temperature), yl),
+        rw,
+        rl,
+        beta=0.3,
+        loss_type=loss_type,
+    )
+    _assert_same_value_and_grads(fused, eager, (hw, hl, weight, bb))
+
+
+def test_linear_dpo_with_reference_hidden_states_matches_full_logits():
+    hw, hl, weight, bb, yw, yl = _pair_inputs()
+    g = torch.Generator().manual_seed(7)
+    ref_hw, ref_hl = (
+        torch.randn(3, 5, 6, generator=g, dtype=torch.float64),
+        torch.randn(3, 4, 6, generator=g, dtype=torch.float64),
+    )
+    ref_w = torch.randn(12, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    loss_fn = LinearDPOLoss(beta=0.2, label_smoothing=0.1, reduction="sum", chunk_size=3)
+    fused = loss_fn(
+        hw, hl, weight, yw, yl, bb, ref_chosen_hidden=ref_hw, ref_rejected_hidden=ref_hl, ref_weight=ref_w
+    )
+    with torch.no_grad():
+        rw = sequence_log_probs(ref_hw @ ref_w.T, yw)
+        rl = sequence_log_probs(ref_hl @ ref_w.T, yl)
+    eager = dpo_loss(
+        sequence_log_probs(_logits(hw, weight, bb), yw),
+        sequence_log_probs(_logits(hl, weight, bb), yl),
+        rw,
+        rl,
+        beta=0.2,
+        label_smoothing=0.1,
+        reduction="sum",
+    )
+    _assert_same_value_and_grads(fused, eager, (hw, hl, weight, bb))
+    again = loss_fn(
+        hw, hl, weight, yw, yl, bb, ref_chosen_hidden=ref_hw, ref_rejected_hidden=ref_hl, ref_weight=ref_w
+    )
+    assert torch.autograd.grad(again, ref_w, allow_unused=True) == (None,)  # the reference gets no gradient
+
+
+def test_linear_simpo_and_orpo_match_full_logits():
+    hw, hl, weight, _, yw, yl = _pair_inputs(bias=False)
+    yw[:, 2] = 3  # keep chosen average log-probs strictly negative (ORPO needs them < 0)
+    avg_w = sequence_log_probs(_logits(hw, weight, None), yw, average=True)
+    avg_l = sequence_log_probs(_logits(hl, weight, None), yl, average=True)
+    fused = LinearSimPOLoss(beta=2.5, gamma=0.3, chunk_size=5)(hw, hl, weight, yw, yl)
+    _assert_same_value_and_grads(fused, simpo_loss(avg_w, avg_l, 2.5, 0.3), (hw, hl, weight))
+    yl[0, 0] = 1  # ORPO's odds need an average log-prob < 0 on every completion
+    avg_w = sequence_log_probs(_logits(hw, weight, None), yw, average=True)
+    avg_l = sequence_log_probs(_logits(hl, weight, None), yl, average=True)
+    fused = LinearORPOLoss(beta=0.5, chunk_size=5)(hw, hl, weight, yw, yl)
+    _assert_same_value_and_grads(fused, orpo_loss(avg_w, avg_l, 0.5), (hw, hl, weight))
+
+
+def test_linear_kto_matches_full_logits():
+    hw, _, weight, bb, yw, _ = _pair_inputs()
+    desirable = torch.tensor([True, False, True])
+    ref = torch.tensor([-9.0, -8.0, -7.5], dtype=torch.float64)
+    g = torch.Generator().manual_seed(8)
+    kl_h = torch.randn(4, 3, 4, generator=g, dtype=torch.float64)
+    kl_t = torch.randint(0, 12, (4, 3), generator=g)
+    ref_kl = torch.tensor([-5.0, -6.0, -4.0, -7.0], dtype=torch.float64)
+    loss_fn = LinearKTOLoss(beta=0.4, desirable_weight=1.3, chunk_size=2)
+    fused = loss_fn(
+        hw, weight, yw, desirable, bb, ref_logps=ref, kl_hidden=kl_h, kl_target=kl_t, ref_kl_logps=ref_kl
+    )
+    with torch.no_grad():
+        policy_kl = sequence_log_probs(_logits(kl_h, weight, bb), kl_t)
+    eager = kto_loss(
+        sequence_log_probs(_logits(hw, weight, bb), yw),
+        ref,
+        desirable,
+        policy_kl,
+        ref_kl,
+        0.4,
+        desirable_weight=1.3,
+    )
+    _assert_same_value_and_grads(fused, eager, (hw, weight, bb))
+    fused = loss_fn(hw, weight, yw, desirable, bb, ref_logps=ref, kl=0.5)
+    eager = kto_loss(
+        sequence_log_probs(_logits(hw, weight, bb), yw),
+        ref,
+        desirable,
+        beta=0.4,
+        desirable_weight=1.3,
+        kl=0.5,
+    )
+    _assert_same_value_and_grads(fused, eager, (hw, weight, bb))
+
+
+def test_linear_dpo_half_inputs_and_module_plumbing():
+    hw, hl, weight, _, yw, yl = _pair_inputs(bias=False)
+    rw, rl = torch.full((3,), -8.0), torch.full((3,), -7.0)
+    loss_fn = LinearDPOLoss(beta=0.1)
+    half = [x.detach().to(torch.bfloat16).requires_grad_() for x in (hw, hl, weight)]
+    out = loss_fn(*half, yw, yl, ref_chosen_logps=rw, ref_rejected_logps=rl)
+    assert out.dtype == torch.float32 and torch.isfinite(out)
+    out.backward()
+    assert all(x.grad is not None and x.grad.dtype == torch.bfloat16 for x in half)
+    assert "beta=0.1" in repr(loss_fn) and "chunk_size=None" in repr(loss_fn)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (
+            {},
+            r"reference is given either by ref_chosen_logps and ref_rejected_logps, or by .*got none of them",
+        ),
+        ({"ref_chosen_logps": torch.zeros(3)}, r"got ref_chosen_logps$"),
+        (
+            {"ref_chosen_logps": torch.zeros(2), "ref_rejected_logps": torch.zeros(3)},
+            r"ref_chosen_logps has shape \(2,\), expected \(3,\)",
+        ),
+        (
+            {"ref_chosen_hidden": torch.zeros(3, 5, 4), "ref_rejected_hidden": torch.zeros(3, 4, 4)},
+            r"ref_weight",
+        ),
+    ],
+)
+def test_linear_dpo_reference_errors(kwargs, match):
+    hw, hl, weight, _, yw, yl = _pair_inputs(bias=False)
+    with pytest.raises(LossValueError, match=match):
+        LinearDPOLoss()(hw, hl, weight, yw, yl, **kwargs)
+
+
+def test_linear_dpo_input_errors():
+    hw, hl, weight, _, yw, yl = _pair_inputs(bias=False)
+    rw = rl = torch.zeros(3)
+    with pytest.raises(LossValueError, match=r"rejected_target has shape \(3, 5\), expected \(3, 4\)"):
+        LinearDPOLoss()(hw, hl, weight, yw, yw, ref_chosen_logps=rw, ref_rejected_logps=rl)
+    with pytest.raises(
+        LossValueError, match=r"rejected_hidden has shape \(3, 4, 5\) .* expected the hidden size"
+    ):
+        LinearDPOLoss()(
+            hw,
+            torch.zeros(3, 4, 5, dtype=torch.float64),
+            weight,
+            yw,
+            yl,
+            ref_chosen_logps=rw,
+            ref_rejected_logps=rl,
+        )
+    with pytest.raises(LossValueError, match=r"chosen_hidden must be \(B, T, H\)"):
+        LinearDPOLoss()(hw[0], hl, weight, yw, yl, ref_chosen_logps=rw, ref_rejected_logps=rl)
+    with pytest.raises(LossValueError, match=r"weight has shape \(12, 3\), expected \(V, 4\)"):
+        LinearDPOLoss()(hw, hl, weight[:, :3], yw, yl, ref_chosen_logps=rw, ref_rejected_logps=rl)
+    with pytest.raises(LossValueError, match=r"rejected_hidden is on meta"):
+        LinearDPOLoss()(hw, hl.to("meta"), weight, yw, yl, ref_chosen_logps=rw, ref_rejected_logps=rl)
+    with pytest.raises(LossValueError, match=r"temperature must be > 0"):
+        LinearDPOLoss(temperature=-1.0)
+    with pytest.raises(LossValueError, match=r"kl_hidden and kl_target go together"):
+        LinearKTOLoss()(hw, weight, yw, torch.ones(3, dtype=torch.bool), ref_logps=rw, kl_hidden=hw)
