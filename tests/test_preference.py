@@ -659,6 +659,31 @@ def test_nan_in_any_input_gives_non_finite_loss(name):
         assert not torch.isfinite(fn(*args, chosen_nll=nll))
 
 
+@pytest.mark.parametrize("value", [math.inf, -math.inf])
+@pytest.mark.parametrize("name", CALLS)
+def test_inf_in_any_input_gives_non_finite_loss_or_error(name, value):
+    """An infinite log-prob or reward is never a valid input: the loss is non-finite (or a value check
+    raises), where the formula alone would saturate to a finite limit (-log sigmoid(+inf) = 0)."""
+    fn, args, _ = _all_calls()[name]
+    for i, a in enumerate(args):
+        if not a.is_floating_point():
+            continue
+        bad = list(args)
+        bad[i] = a.clone()
+        bad[i][1] = value
+        try:
+            out = fn(*bad, reduction="none")
+        except LossValueError:
+            continue
+        assert not torch.isfinite(fn(*bad)), f"input {i}"
+        if name in ("dpo:aot", "dpo:aot_pair"):  # rows are ranks of the sorted batch
+            assert not torch.isfinite(out).all(), f"input {i}"
+        elif a.shape == out.shape:
+            assert not torch.isfinite(out[1]), f"input {i}, reduction='none'"
+        else:  # KTO's mismatched rows enter every row through the KL estimate
+            assert not torch.isfinite(out).any(), f"input {i}"
+
+
 # ---------------------------------------------------------------- errors
 
 

@@ -155,6 +155,19 @@ def _sigmoid_loss(z: torch.Tensor, label_smoothing: float) -> torch.Tensor:
     return loss
 
 
+def _non_finite_guard(loss: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+    """``loss`` plus ``x - x`` of every input: unchanged (``+ 0``, no gradient) for finite inputs, NaN
+    where an input is NaN or infinite.
+
+    A log-prob or reward of ``+-inf`` is never valid, but the saturating forms would turn it into a
+    finite limit (``-log sigmoid(+inf) = 0``); this keeps it visible without a device sync. Inputs
+    are ``(B,)`` rows of ``loss`` or 0-d (batch-level quantities such as KTO's KL estimate).
+    """
+    for x in inputs:
+        loss = loss + (x - x)
+    return loss
+
+
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
     """``log(1 - exp(x))`` for ``x < 0``, accurate at both ends (Maechler 2012)."""
     return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
@@ -405,7 +418,7 @@ def _dpo_terms(
         return out
 
     assert loss is not None  # _parse_loss_types returns at least one type
-    return _Terms(loss, metrics)
+    return _Terms(_non_finite_guard(loss, pc, pr, rc, rr), metrics)
 
 
 def _as_scalar(name: str, value: Any, like: torch.Tensor) -> torch.Tensor:
@@ -678,7 +691,7 @@ def _simpo_terms(
     c, r = _check_sequences(
         ("policy_chosen_logps", policy_chosen_logps), ("policy_rejected_logps", policy_rejected_logps)
     )
-    loss = _sigmoid_loss(beta * (c - r) - gamma, label_smoothing)
+    loss = _non_finite_guard(_sigmoid_loss(beta * (c - r) - gamma, label_smoothing), c, r)
     return _Terms(loss, lambda: _reference_free_metrics(beta, c, r))
 
 
@@ -777,7 +790,7 @@ def _cpo_terms(
         ("policy_chosen_logps", policy_chosen_logps), ("policy_rejected_logps", policy_rejected_logps)
     )
     nll = _chosen_nll(c, chosen_nll)
-    loss = _sigmoid_loss(beta * (c - r), label_smoothing) + alpha * nll
+    loss = _non_finite_guard(_sigmoid_loss(beta * (c - r), label_smoothing) + alpha * nll, c, r, nll)
 
     def metrics() -> Metrics:
         out = _reference_free_metrics(beta, c, r)
@@ -907,7 +920,7 @@ def _orpo_terms(
     cc, rc = c.clamp(max=top), r.clamp(max=top)
     log_odds = (cc - rc) - (_log1mexp(cc) - _log1mexp(rc))
     ratio = F.logsigmoid(log_odds)
-    loss = nll - beta * ratio
+    loss = _non_finite_guard(nll - beta * ratio, c, r)
 
     def metrics() -> Metrics:
         out = _reference_free_metrics(beta, c, r)
@@ -1002,7 +1015,8 @@ def _kto_kl(
     if kl is not None:
         if policy_kl_logps is not None or ref_kl_logps is not None:
             raise LossValueError("kl is given, so policy_kl_logps and ref_kl_logps must be None")
-        return _as_scalar("kl", kl, ref_like).clamp_min(0.0)
+        raw = _as_scalar("kl", kl, ref_like)
+        return _non_finite_guard(raw.clamp_min(0.0), raw)
     if policy_kl_logps is None or ref_kl_logps is None:
         missing = "policy_kl_logps" if policy_kl_logps is None else "ref_kl_logps"
         raise LossValueError(
@@ -1011,7 +1025,8 @@ def _kto_kl(
         )
     pk, rk = _check_sequences(("policy_kl_logps", policy_kl_logps), ("ref_kl_logps", ref_kl_logps))
     check_same_device(("policy_logps", ref_like), ("policy_kl_logps", pk))
-    return _batch_mean(pk - rk, gather_distributed, group).to(ref_like.dtype).clamp_min(0.0)
+    raw = _batch_mean(pk - rk, gather_distributed, group).to(ref_like.dtype)
+    return _non_finite_guard(raw.clamp_min(0.0), raw)  # a -inf mean is not a KL of 0
 
 
 def _kto_terms(
@@ -1040,6 +1055,7 @@ def _kto_terms(
     x = rewards - beta * z
     # desirable: w_D (1 - sigmoid(x)) = w_D sigmoid(-x); undesirable: w_U (1 - sigmoid(-x)) = w_U sigmoid(x)
     loss = torch.where(desirable, desirable_weight * torch.sigmoid(-x), undesirable_weight * torch.sigmoid(x))
+    loss = _non_finite_guard(loss, p, r, z)
 
     def metrics() -> Metrics:
         rw, d = rewards.detach(), desirable
@@ -1205,12 +1221,16 @@ def _reward_terms(
     c, r = _check_sequences(("chosen_rewards", chosen_rewards), ("rejected_rewards", rejected_rewards))
     diff = c - r
     if isinstance(margin, torch.Tensor):
-        diff = diff - _check_optional_sequence("margin", margin, "chosen_rewards", c)
-    elif margin is not None:
-        diff = diff - float(check_number("margin", margin))
+        m = _check_optional_sequence("margin", margin, "chosen_rewards", c)
+        diff = diff - m
+    else:
+        m = c.new_zeros(())
+        if margin is not None:
+            diff = diff - float(check_number("margin", margin))
     loss = -F.logsigmoid(diff)
     if center_rewards_coefficient:
         loss = loss + center_rewards_coefficient * (c + r) ** 2
+    loss = _non_finite_guard(loss, c, r, m)
     return _Terms(loss, lambda: _pair_metrics(c, r))
 
 
