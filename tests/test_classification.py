@@ -1260,3 +1260,20 @@ def test_binary_losses_name_the_argument_on_another_device(fn):
     with pytest.raises(LossValueError, match=r"weight is on meta"):
         fn(x, t, weight=torch.ones(4, 3, device="meta"))
     assert fn(x.to("meta"), t.to("meta")).is_meta
+
+
+def test_plus_inf_logits_are_not_hidden_behind_a_finite_limit():
+    # asymmetric loss tends to a finite value as x -> +inf (0 for positives, -log(clip) terms for
+    # negatives) and the hinge's target score is dropped: a +inf input must still show
+    x = torch.tensor([[math.inf, 0.0, 1.0]])
+    for t in (torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.0, 0.0, 0.0]])):
+        for reduction in ("none", "mean", "sum"):
+            out = LF.asymmetric_loss(x, t, reduction=reduction)
+            assert not torch.isfinite(out).all()
+    assert not torch.isfinite(LF.multiclass_hinge_loss(x, torch.tensor([0]))).all()
+    assert not torch.isfinite(LF.multiclass_hinge_loss(x, torch.tensor([0]), mode="crammer_singer")).all()
+    # -inf stays a masked class score for the hinge: finite loss and gradient
+    xm = torch.tensor([[-math.inf, 0.0, 1.0]], requires_grad=True)
+    out = LF.multiclass_hinge_loss(xm, torch.tensor([2]))
+    (g,) = torch.autograd.grad(out, xm)
+    assert torch.isfinite(out) and torch.isfinite(g).all()

@@ -30,16 +30,7 @@ from losskit import LossTypeError, LossValueError
 
 BAD = {"nan": math.nan, "inf": math.inf}
 
-KNOWN_FINITE: dict[tuple[str, int, str], str] = {
-    ("asymmetric", 0, "inf"): (
-        "classification.py _asymmetric_math (and _kernels/asymmetric.py): +inf logit gives the "
-        "finite limit (softplus(-x) = 0, clipped negative term bounded by -log(clip))"
-    ),
-    ("multiclass_hinge", 0, "inf"): (
-        "classification.py _multiclass_hinge_math: +inf target score makes margin - x_y + x_y NaN, "
-        "overwritten by h.scatter(1, idx, 0.0); other entries clamp to 0"
-    ),
-}
+KNOWN_FINITE: dict[tuple[str, int, str], str] = {}
 
 
 def _floating_args(name: str) -> list[int]:

@@ -951,9 +951,11 @@ def asymmetric_loss(
         red = _fused_reduction(reduction, normalizer)
         if asymmetric_supports(input, target, reduction=red):
             out = _fused_asymmetric(input, target, gn, gp, m, red)
+            flag = _plus_inf_marker(input)
+            out = out + (flag if red == "none" else flag.sum())
             return out if normalizer is None else out / normalizer
     x, t = _binary_cast(input, target)
-    loss = _asymmetric_math(x, t, gamma_neg=gn, gamma_pos=gp, clip=m)
+    loss = _asymmetric_math(x, t, gamma_neg=gn, gamma_pos=gp, clip=m) + _plus_inf_marker(x)
     w = None if weight is None else weight.to(device=x.device, dtype=x.dtype)
     return reduce_loss(loss, reduction, weight=w, mask=mask, normalizer=normalizer)
 
@@ -1006,18 +1008,30 @@ class AsymmetricLoss(_ClassificationLoss):
 _HINGE_MODES = ("multi_margin", "crammer_singer")
 
 
+def _plus_inf_marker(x: torch.Tensor) -> torch.Tensor:
+    """0 where ``x`` is finite or ``-inf``, NaN where it is ``+inf`` or NaN (detached).
+
+    Added to a loss whose formula has a finite limit at ``x = +inf`` (asymmetric loss, the hinge at
+    its target score), so that a ``+inf`` input is not hidden behind that limit. ``-inf`` stays a
+    legitimate masked logit.
+    """
+    return torch.relu(x.detach()) * 0.0
+
+
 def _multiclass_hinge_math(
     x: torch.Tensor, target: torch.Tensor, *, p: int, margin: float, mode: str
 ) -> torch.Tensor:
     """Per-element multi-class hinge of compute-dtype scores ``x`` and valid (non-ignored) ``target``."""
     idx = target.unsqueeze(1)
-    h = (margin - x.gather(1, idx) + x).clamp_min(0.0)
+    x_y = x.gather(1, idx)
+    h = (margin - x_y + x).clamp_min(0.0)
     if p == 2:
         h = h * h
     h = h.scatter(1, idx, 0.0)  # j != y only
+    flag = _plus_inf_marker(x_y).squeeze(1)  # the scatter would hide a +inf target score
     if mode == "crammer_singer":
-        return h.amax(1)
-    return h.sum(1) / x.shape[1]
+        return h.amax(1) + flag
+    return h.sum(1) / x.shape[1] + flag
 
 
 def multiclass_hinge_loss(
