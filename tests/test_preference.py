@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import losskit.distributed as D
@@ -214,6 +216,28 @@ def test_dpo_sigmoid_reference_free_is_cpo_without_nll():
     c, r = _logps(5, 0), _logps(5, 1)
     zero = torch.zeros(5, dtype=DT)
     torch.testing.assert_close(P.dpo_loss(c, r, zero, zero), P.cpo_loss(c, r, alpha=0.0))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 7),
+    beta=st.floats(1e-2, 10.0),
+    eps=st.floats(0.0, 0.45),
+    shift=st.floats(-50.0, 50.0),
+    loss_type=st.sampled_from(TYPES),
+)
+def test_dpo_properties(seed, n, beta, eps, shift, loss_type):
+    args = _dpo_args(n, seed, scale=10.0)
+    pc, pr, rc, rr = args
+    kw = {"beta": beta, "loss_type": loss_type, "label_smoothing": eps}
+    rows = P.dpo_loss(*args, reduction="none", **kw)
+    torch.testing.assert_close(P.dpo_loss(*args, reduction="sum", **kw), rows.sum())
+    torch.testing.assert_close(P.dpo_loss(*args, **kw), rows.sum() / n)
+    if loss_type != "robust":  # the unbiased robust loss can be negative
+        assert bool((rows >= -1e-12).all())
+    # a constant added to a completion's policy and reference log-probs cancels in every type
+    torch.testing.assert_close(P.dpo_loss(pc + shift, pr, rc + shift, rr, **kw), P.dpo_loss(*args, **kw))
 
 
 # ---------------------------------------------------------------- DPO: bco_pair running baseline
