@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 import losskit
 import losskit.functional as LF
-import test_conformance as conformance
 from harness import (
     assert_compiles,
     assert_connected_zero,
@@ -470,32 +469,6 @@ def test_value_checks_off_computes_torchs_value():
         torch.testing.assert_close(LF.hinge_embedding_loss(x, s), F.hinge_embedding_loss(x, s))
     finally:
         losskit.set_value_checks(True)
-
-
-# ---------------------------------------------------------------- the registry-wide contract of test_conformance.py
-
-CONTRACT = [
-    ("test_module_equals_functional_and_round_trips", {"dtype": torch.float32}),
-    ("test_module_equals_functional_and_round_trips", {"dtype": torch.float64}),
-    ("test_reductions_are_consistent", {}),
-    ("test_bad_reduction_names_the_argument", {}),
-    ("test_half_inputs_give_float32_loss_and_half_grads", {"dtype": torch.float16}),
-    ("test_half_inputs_give_float32_loss_and_half_grads", {"dtype": torch.bfloat16}),
-    ("test_empty_batch_gives_connected_zero", {}),
-    ("test_empty_batch_none_reduction_keeps_its_shape", {}),
-    ("test_batch_order_does_not_matter", {}),
-    ("test_sum_adds_up_over_batch_splits", {}),
-    ("test_integer_input_raises_type_error_naming_it", {}),
-    ("test_batch_mismatch_raises_value_error_naming_the_shapes", {}),
-]
-
-
-@pytest.mark.parametrize("check", CONTRACT, ids=lambda c: f"{c[0]}{c[1].get('dtype', '')}")
-@pytest.mark.parametrize("name", NAMES)
-def test_registry_contract(name, check):
-    """The contract every other registered loss meets, applied with the conformance input factories."""
-    fn, kw = check
-    getattr(conformance, fn)(name, **kw)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -21,6 +21,8 @@ from .language import *
 from .language import __all__ as _language_all
 from .multitask import *
 from .multitask import __all__ as _multitask_all
+from .preference import *
+from .preference import __all__ as _preference_all
 from .registry import WeightedSum, aliases, available, build
 from .regression import *
 from .regression import __all__ as _regression_all
@@ -49,6 +51,7 @@ __all__ = [
     *_embedding_all,
     *_language_all,
     *_multitask_all,
+    *_preference_all,
     *_regression_all,
     *_segmentation_all,
     *_torch_losses_all,

@@ -17,6 +17,7 @@ from . import distillation as _distillation
 from . import embedding as _embedding
 from . import language as _language
 from . import multitask as _multitask
+from . import preference as _preference
 from . import regression as _regression
 from . import segmentation as _segmentation
 from . import torch_losses as _torch_losses
@@ -30,6 +31,7 @@ for _mod in (
     _embedding,
     _language,
     _multitask,
+    _preference,
     _regression,
     _segmentation,
     _torch_losses,
