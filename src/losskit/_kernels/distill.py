@@ -65,7 +65,7 @@ def _log_softmax(z: torch.Tensor, temperature: float) -> tuple[torch.Tensor, tor
     tail of a confident row away (:func:`~losskit._kernels._common.softmax_parts`)."""
     zf = _scaled(z, temperature)
     a, _, _, l1p = softmax_parts(zf, 1)
-    return a - l1p, (zf - a)[:, :1].squeeze(1), l1p.squeeze(1)
+    return a - l1p, (zf - a)[:, 0], l1p.squeeze(1)
 
 
 def _row_log_softmax(z: torch.Tensor, m: torch.Tensor, l1p: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -76,19 +76,25 @@ def _row_log_softmax(z: torch.Tensor, m: torch.Tensor, l1p: torch.Tensor, temper
 def _prob_diff(ls: torch.Tensor, lt: torch.Tensor) -> torch.Tensor:
     """``p_S - p_T`` from the log-probabilities, relative-accurate when both are close to 1.
 
-    ``p_S (1 - p_T / p_S)`` or ``p_T (p_S / p_T - 1)`` through ``expm1`` of a non-positive argument
+    ``p_S (1 - p_T / p_S)`` or ``p_T (p_S / p_T - 1)``, i.e. ``-+exp(max) expm1(-|log p_S - log p_T|)``
     (no overflow): the direct difference of two rounded probabilities near 1 keeps no digits.
     """
     d = ls - lt
-    return torch.where(d >= 0, -torch.exp(ls) * torch.expm1(-d), torch.exp(lt) * torch.expm1(d))
+    mag = torch.exp(torch.maximum(ls, lt)) * torch.expm1(-d.abs())
+    return torch.where(d >= 0, -mag, mag)
 
 
 def _build_kd_forward(temperature: float, scale: float) -> Callable:
     def forward(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        ls, ms, l1s = _log_softmax(s, temperature)
-        lt, mt, l1t = _log_softmax(t, temperature)
-        rows = scale * (torch.exp(lt) * (lt - ls)).sum(1)
-        return rows, ms, l1s, mt, l1t
+        # KL = sum_c e_T (a_T - a_S) / (1 + rest_T) - log1p(rest_T) + log1p(rest_S) with a the
+        # max-shifted scaled logits and e_T = exp(a_T) (sum_c e_T = 1 + rest_T): every row sum in one
+        # loop after the maxima, no normalised (R, C) tensor
+        zs, zt = _scaled(s, temperature), _scaled(t, temperature)
+        a_s, _, _, l1s = softmax_parts(zs, 1)
+        a_t, e_t, rest_t, l1t = softmax_parts(zt, 1)
+        w = (e_t * (a_t - a_s)).sum(1, keepdim=True)
+        rows = scale * (w / (1.0 + rest_t) - l1t + l1s).squeeze(1)
+        return rows, (zs - a_s)[:, 0], l1s.squeeze(1), (zt - a_t)[:, 0], l1t.squeeze(1)
 
     return forward
 
@@ -135,15 +141,21 @@ def _jsd_gaps(ls: torch.Tensor, lt: torch.Tensor, beta: float) -> tuple[torch.Te
 
 
 def _pivoted(lp: torch.Tensor, gap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(sum_c p g, g_m, sum_c p (g - g_m))`` per row with ``m`` the most likely class.
+    """``(sum_c p g, g_m, sum_{c != m} p (g - g_m))`` per row with ``m`` the class of ``p_m > 1/2``.
 
-    The gradient ``p_k (g_k - sum_c p g)`` is evaluated as ``p_k ((g_k - g_m) - sum_c p (g - g_m))``
-    (equal since ``sum_c p = 1``): the dominant class adds exactly 0 to the sum, so a row with
-    ``p_m`` close to 1 keeps its small gradients.
+    The gradient ``p_k (g_k - sum_c p g)`` is evaluated as ``p_k ((g_k - g_m) - sum_{c != m} p (g - g_m))``
+    (equal since ``sum_c p = 1``; ``g_m = 0`` and the sum over all classes where no class has half the
+    mass): the dominant class leaves the sum, so a row with ``p_m`` close to 1 keeps its small
+    gradients. Masked sums, all in the loop of the row's value (argmax and gather were slower).
     """
     p = torch.exp(lp)
-    g_m = gap.gather(1, lp.argmax(dim=1, keepdim=True))
-    return (p * gap).sum(1), g_m.squeeze(1), (p * (gap - g_m)).sum(1)
+    dom = p > 0.5
+    zero = torch.zeros_like(p)
+    pg = p * gap
+    g_m = torch.where(dom, gap, zero).sum(1)
+    s_pg = torch.where(dom, zero, pg).sum(1)
+    s_p = torch.where(dom, zero, p).sum(1)
+    return pg.sum(1), g_m, s_pg - g_m * s_p
 
 
 def _build_jsd_forward(beta: float, temperature: float) -> Callable:
