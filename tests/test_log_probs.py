@@ -355,15 +355,18 @@ def _assert_same_value_and_grads(fused, eager, inputs):
         torch.testing.assert_close(x, y)
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
+@pytest.mark.parametrize("fuse_pairs", [False, True])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge", "aot"])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_linear_dpo_with_precomputed_reference_matches_full_logits(loss_type, temperature):
+def test_linear_dpo_with_precomputed_reference_matches_full_logits(loss_type, temperature, fuse_pairs):
     hw, hl, weight, bb, yw, yl = _pair_inputs()
     rw, rl = (
         torch.tensor([-9.0, -8.0, -7.5], dtype=torch.float64),
         torch.tensor([-6.0, -9.5, -8.0], dtype=torch.float64),
     )
-    loss_fn = LinearDPOLoss(beta=0.3, loss_type=loss_type, temperature=temperature, chunk_size=4)
+    loss_fn = LinearDPOLoss(
+        beta=0.3, loss_type=loss_type, temperature=temperature, chunk_size=4, fuse_pairs=fuse_pairs
+    )
     fused = loss_fn(hw, hl, weight, yw, yl, bb, ref_chosen_logps=rw, ref_rejected_logps=rl)
     eager = dpo_loss(
         sequence_log_probs(_logits(hw, weight, bb, temperature), yw),
@@ -376,7 +379,8 @@ def test_linear_dpo_with_precomputed_reference_matches_full_logits(loss_type, te
     _assert_same_value_and_grads(fused, eager, (hw, hl, weight, bb))
 
 
-def test_linear_dpo_with_reference_hidden_states_matches_full_logits():
+@pytest.mark.parametrize("fuse_pairs", [False, True])
+def test_linear_dpo_with_reference_hidden_states_matches_full_logits(fuse_pairs):
     hw, hl, weight, bb, yw, yl = _pair_inputs()
     g = torch.Generator().manual_seed(7)
     ref_hw, ref_hl = (
@@ -384,7 +388,9 @@ def test_linear_dpo_with_reference_hidden_states_matches_full_logits():
         torch.randn(3, 4, 6, generator=g, dtype=torch.float64),
     )
     ref_w = torch.randn(12, 6, generator=g, dtype=torch.float64, requires_grad=True)
-    loss_fn = LinearDPOLoss(beta=0.2, label_smoothing=0.1, reduction="sum", chunk_size=3)
+    loss_fn = LinearDPOLoss(
+        beta=0.2, label_smoothing=0.1, reduction="sum", chunk_size=3, fuse_pairs=fuse_pairs
+    )
     fused = loss_fn(
         hw, hl, weight, yw, yl, bb, ref_chosen_hidden=ref_hw, ref_rejected_hidden=ref_hl, ref_weight=ref_w
     )
@@ -407,17 +413,18 @@ def test_linear_dpo_with_reference_hidden_states_matches_full_logits():
     assert torch.autograd.grad(again, ref_w, allow_unused=True) == (None,)  # the reference gets no gradient
 
 
-def test_linear_simpo_and_orpo_match_full_logits():
+@pytest.mark.parametrize("fuse_pairs", [False, True])
+def test_linear_simpo_and_orpo_match_full_logits(fuse_pairs):
     hw, hl, weight, _, yw, yl = _pair_inputs(bias=False)
     yw[:, 2] = 3  # keep chosen average log-probs strictly negative (ORPO needs them < 0)
     avg_w = sequence_log_probs(_logits(hw, weight, None), yw, average=True)
     avg_l = sequence_log_probs(_logits(hl, weight, None), yl, average=True)
-    fused = LinearSimPOLoss(beta=2.5, gamma=0.3, chunk_size=5)(hw, hl, weight, yw, yl)
+    fused = LinearSimPOLoss(beta=2.5, gamma=0.3, chunk_size=5, fuse_pairs=fuse_pairs)(hw, hl, weight, yw, yl)
     _assert_same_value_and_grads(fused, simpo_loss(avg_w, avg_l, 2.5, 0.3), (hw, hl, weight))
     yl[0, 0] = 1  # ORPO's odds need an average log-prob < 0 on every completion
     avg_w = sequence_log_probs(_logits(hw, weight, None), yw, average=True)
     avg_l = sequence_log_probs(_logits(hl, weight, None), yl, average=True)
-    fused = LinearORPOLoss(beta=0.5, chunk_size=5)(hw, hl, weight, yw, yl)
+    fused = LinearORPOLoss(beta=0.5, chunk_size=5, fuse_pairs=fuse_pairs)(hw, hl, weight, yw, yl)
     _assert_same_value_and_grads(fused, orpo_loss(avg_w, avg_l, 0.5), (hw, hl, weight))
 
 
@@ -520,3 +527,53 @@ def test_linear_dpo_input_errors():
         LinearDPOLoss(temperature=-1.0)
     with pytest.raises(LossValueError, match=r"kl_hidden and kl_target go together"):
         LinearKTOLoss()(hw, weight, yw, torch.ones(3, dtype=torch.bool), ref_logps=rw, kl_hidden=hw)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_linear_dpo_paired_path_honours_upstream_gradient_and_reductions(reduction):
+    hw, hl, weight, bb, yw, yl = _pair_inputs(b=5)
+    g = torch.Generator().manual_seed(9)
+    rw = -8 + torch.randn(5, generator=g, dtype=torch.float64)
+    rl = -8 + torch.randn(5, generator=g, dtype=torch.float64)
+    fused = LinearDPOLoss(beta=0.5, reduction=reduction, fuse_pairs=True)(
+        hw, hl, weight, yw, yl, bb, ref_chosen_logps=rw, ref_rejected_logps=rl
+    )
+    eager = dpo_loss(
+        sequence_log_probs(_logits(hw, weight, bb), yw),
+        sequence_log_probs(_logits(hl, weight, bb), yl),
+        rw,
+        rl,
+        beta=0.5,
+        reduction=reduction,
+    )
+    up = torch.randn(fused.shape, generator=g, dtype=torch.float64) * 3
+    torch.testing.assert_close(fused, eager)
+    leaves = (hw, hl, weight, bb)
+    got = torch.autograd.grad((fused * up).sum(), leaves)
+    for x, y in zip(got, torch.autograd.grad((eager * up).sum(), leaves)):
+        torch.testing.assert_close(x, y)
+
+
+def test_linear_dpo_paired_path_no_grad_half_and_single_backward():
+    hw, hl, weight, _, yw, yl = _pair_inputs(bias=False)
+    rw, rl = torch.full((3,), -8.0), torch.full((3,), -7.0)
+    refs = {"ref_chosen_logps": rw.double(), "ref_rejected_logps": rl.double()}
+    loss_fn = LinearDPOLoss(fuse_pairs=True)
+    with torch.no_grad():
+        value = loss_fn(hw, hl, weight, yw, yl, **refs)
+    assert value.grad_fn is None
+    plain = LinearDPOLoss(fuse_pairs=False)(hw, hl, weight, yw, yl, **refs)
+    torch.testing.assert_close(value, plain.detach())
+    half = [x.detach().to(torch.bfloat16).requires_grad_() for x in (hw, hl, weight)]
+    f32 = [x.detach().float().requires_grad_() for x in half]
+    out = loss_fn(*half, yw, yl, ref_chosen_logps=rw, ref_rejected_logps=rl)
+    ref = LinearDPOLoss(fuse_pairs=False)(*f32, yw, yl, ref_chosen_logps=rw, ref_rejected_logps=rl)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, atol=2e-2, rtol=2e-2)
+    out.backward(retain_graph=True)
+    ref.backward()
+    for x, y in zip(half, f32):
+        assert x.grad.dtype == torch.bfloat16
+        assert float((x.grad.float() - y.grad).norm() / y.grad.norm()) < 3e-2
+    with pytest.raises(RuntimeError, match=r"one backward per forward"):
+        out.backward()

@@ -26,12 +26,14 @@ elsewhere) and the chunk-size rule are the cross-entropy kernel's (:mod:`.linear
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.autograd.function import once_differentiable
 
 from .linear_ce import RowPlan, _rows_of, compute_dtype, log_softmax_, logits_into
 
-__all__ = ["LinearLogProbs", "linear_log_probs_rows"]
+__all__ = ["LinearLogProbs", "PairedLinearLoss", "linear_log_probs_rows", "pair_groups"]
 
 
 def _targets(target: torch.Tensor, rows, masked: bool, ignore_index: int) -> torch.Tensor:
@@ -281,3 +283,194 @@ def linear_log_probs_rows(
         hidden, weight, bias, target, plan, float(inv_temperature), ignore_index, entropy
     )
     return logps, (ent if entropy else None)
+
+
+# ----------------------------------------------------------------------------- pair losses, grads in forward
+
+PairLoss = Callable[[slice, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def pair_groups(n_pairs: int, rows_per_pair: int, vocab: int, budget: int) -> list[slice]:
+    """Consecutive groups of whole pairs whose float32 logits fit ``budget`` bytes (at least one pair)."""
+    per = max(1, budget // max(1, 4 * vocab * rows_per_pair))
+    return [slice(i, min(i + per, n_pairs)) for i in range(0, n_pairs, per)]
+
+
+def _pair_forward(
+    hiddens: tuple[torch.Tensor, torch.Tensor],
+    targets: tuple[torch.Tensor, torch.Tensor],
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    pair_loss: PairLoss,
+    groups: list[slice],
+    ignore_index: int,
+    inv_t: float,
+    average: bool,
+    scale: float,
+    need: tuple[bool, bool, bool],
+    compact: bool,
+) -> tuple[torch.Tensor, list[torch.Tensor | None], torch.Tensor | None, torch.Tensor | None]:
+    """Sum of the per-pair losses times ``scale`` and, when ``need``, its gradients (hidden of each
+    completion set, weight, bias), computed group by group: three matrix products per row."""
+    hw = hiddens[0]
+    hdim = hw.shape[-1]
+    v = weight.shape[0]
+    cdt = compute_dtype(hw.dtype)
+    dev = hw.device
+    half = hw.dtype != cdt
+    need_h, need_w, need_b = need
+    need_grad = any(need)
+    b = None if bias is None else bias.to(cdt)
+    ghs: list[torch.Tensor | None] = [
+        torch.zeros(h.shape[0] * h.shape[1], hdim, dtype=h.dtype, device=dev) if need_h else None
+        for h in hiddens
+    ]
+    gw = torch.zeros(v, hdim, dtype=cdt, device=dev) if need_w else None
+    gb = torch.zeros(v, dtype=cdt, device=dev) if need_b else None
+    total = torch.zeros((), dtype=cdt, device=dev)
+    max_g = max((g.stop - g.start for g in groups), default=0)
+    rows_max = max_g * sum(h.shape[1] for h in hiddens)
+    zbuf = torch.empty(rows_max, v, dtype=cdt, device=dev)
+    zhalf = torch.empty(rows_max, v, dtype=hw.dtype, device=dev) if half else None
+    for grp in groups:
+        g = grp.stop - grp.start
+        parts = []  # (which, rows or None, h, t, seq, valid)
+        off = 0
+        for k, (h3, t2) in enumerate(zip(hiddens, targets)):
+            tlen = h3.shape[1]
+            h = h3[grp].reshape(-1, hdim)
+            t = t2[grp].reshape(-1)
+            seq = torch.arange(g, device=dev).repeat_interleave(tlen) + k * g
+            row0 = grp.start * tlen
+            valid = t != ignore_index
+            rows: torch.Tensor | None = None
+            if compact:
+                rows = valid.nonzero().squeeze(1)
+                h, t, seq = h.index_select(0, rows), t.index_select(0, rows), seq.index_select(0, rows)
+                rows = rows + row0
+                valid = None
+            else:
+                t = t.masked_fill(~valid, 0)
+            parts.append((k, rows, row0, h, t, seq, valid, slice(off, off + h.shape[0])))
+            off += h.shape[0]
+        z_all = zbuf[:off]
+        for _, _, _, h, _, _, _, sl in parts:
+            logits_into(z_all[sl], h, weight, b, None if zhalf is None else zhalf[sl])
+        if inv_t != 1.0:
+            z_all.mul_(inv_t)
+        log_softmax_(z_all)
+        t_all = torch.cat([p[4] for p in parts]).unsqueeze(1)
+        seq_all = torch.cat([p[5] for p in parts])
+        lp = z_all.gather(1, t_all).squeeze(1)
+        if not compact:
+            lp = torch.where(torch.cat([p[6] for p in parts]), lp, lp.new_zeros(()))
+        sums = torch.zeros(2 * g, dtype=cdt, device=dev).index_add_(0, seq_all, lp)
+        counts = None
+        if average:
+            ones = torch.ones_like(lp) if compact else torch.cat([p[6] for p in parts]).to(cdt)
+            counts = torch.zeros(2 * g, dtype=cdt, device=dev).index_add_(0, seq_all, ones).clamp_min(1.0)
+            sums = sums / counts
+        with torch.enable_grad():
+            sw = sums[:g].detach().requires_grad_(need_grad)
+            sl_ = sums[g:].detach().requires_grad_(need_grad)
+            losses = pair_loss(grp, sw, sl_)
+            if need_grad:
+                grads = torch.autograd.grad(losses.sum(), (sw, sl_), allow_unused=True)
+        total += losses.detach().sum().to(cdt)
+        if not need_grad:
+            continue
+        a = torch.cat([x if x is not None else torch.zeros_like(s) for x, s in zip(grads, (sw, sl_))]).to(cdt)
+        if counts is not None:
+            a = a / counts
+        row_w = a.index_select(0, seq_all) * (-inv_t * scale)
+        if not compact:
+            row_w = torch.where(torch.cat([p[6] for p in parts]), row_w, row_w.new_zeros(()))
+        # G = p - onehot (target entry expm1(log p_t)); d(total)/d(logits) = row_w * G
+        z_all.exp_()
+        z_all.scatter_(1, t_all, torch.expm1(lp).unsqueeze(1))
+        for k, rows, row0, h, _, _, _, sl in parts:
+            z = z_all[sl]
+            r = row_w[sl]
+            if need_h:
+                g_in = z if zhalf is None else zhalf[sl].copy_(z)
+                out = torch.mm(g_in, weight).mul_(r.unsqueeze(1).to(hw.dtype))
+                gh = ghs[k]
+                assert gh is not None
+                if rows is None:
+                    gh[row0 : row0 + out.shape[0]] = out
+                else:
+                    gh.index_copy_(0, rows, out)
+            if need_w:
+                assert gw is not None
+                gw.addmm_(z.t(), (h.to(cdt) if half else h) * r.unsqueeze(1))
+            if need_b:
+                assert gb is not None
+                gb.addmv_(z.t(), r)
+    return total * scale, ghs, gw, gb
+
+
+class PairedLinearLoss(torch.autograd.Function):
+    """``scale * sum_j pair_loss(s_w[j], s_l[j])`` of the sequence log-probs of pairs of completions;
+    gradients computed during the forward pass (the loss of a pair depends only on that pair), the
+    backward rescales them by ``grad_output``."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        chosen_hidden: torch.Tensor,
+        rejected_hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: tuple[torch.Tensor, torch.Tensor],
+        pair_loss: PairLoss,
+        groups: list[slice],
+        options: tuple[int, float, bool, float, bool],
+    ) -> torch.Tensor:
+        ignore_index, inv_t, average, scale, compact = options
+        need = (
+            ctx.needs_input_grad[0] or ctx.needs_input_grad[1],
+            ctx.needs_input_grad[2],
+            ctx.needs_input_grad[3],
+        )
+        total, ghs, gw, gb = _pair_forward(
+            (chosen_hidden, rejected_hidden),
+            targets,
+            weight,
+            bias,
+            pair_loss,
+            groups,
+            ignore_index,
+            inv_t,
+            average,
+            scale,
+            need,  # type: ignore[arg-type]
+            compact,
+        )
+        shapes = (chosen_hidden.shape, rejected_hidden.shape)
+        ghs = [None if g is None else g.reshape(s) for g, s in zip(ghs, shapes)]
+        ctx.grads = (ghs[0], ghs[1], gw, gb)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        return total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        grads = ctx.grads
+        if grads is None:
+            raise RuntimeError(
+                "this fused pair loss computes its gradients in the forward pass and supports one backward "
+                "per forward; recompute the loss to backward again"
+            )
+        ctx.grads = None
+        g = grad_out.reshape(())
+        if g.device.type != "cpu" or float(g) != 1.0:
+            for t in grads:
+                if t is not None:
+                    t.mul_(g.to(t.dtype))
+        gh_w, gh_l, gw, gb = grads
+        w_dtype, b_dtype = ctx.dtypes
+        if gw is not None and gw.dtype != w_dtype:
+            gw = gw.to(w_dtype)
+        if gb is not None and b_dtype is not None and gb.dtype != b_dtype:
+            gb = gb.to(b_dtype)
+        return gh_w, gh_l, gw, gb, None, None, None, None

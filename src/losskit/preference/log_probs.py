@@ -14,7 +14,7 @@ Conventions: ``target[..., t]`` is the token scored by ``hidden[..., t, :]`` / `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -31,6 +31,8 @@ from .._checks import (
     check_tensor,
     shape_str,
 )
+from .._kernels import log_probs as _kp
+from .._kernels.linear_ce import DEFAULT_CHUNK_BYTES
 from .._kernels.log_probs import linear_log_probs_rows
 from .._reduction import compute_dtype
 from ..language import _check_head, _check_tokens_target, _plan
@@ -218,6 +220,12 @@ def sequence_log_probs(
 # ----------------------------------------------------------------------------- fused losses
 
 
+# Paired grads-in-forward: logits of one group of whole pairs live at once (at least one pair);
+# by default only when one pair's float32 logits take at most 256 MiB.
+_PAIR_GROUP_BYTES = DEFAULT_CHUNK_BYTES
+_PAIR_AUTO_MAX_BYTES = 256 * 2**20
+
+
 def _arg(*parts: str) -> str:
     """An argument's name from its parts: ``_arg("ref", "chosen", "logps") == "ref_chosen_logps"``."""
     return "_".join(p for p in parts if p)
@@ -233,12 +241,21 @@ class _LinearPreference(nn.Module):
 
     average: bool = False
 
-    def __init__(self, ignore_index: int = -100, temperature: float = 1.0, chunk_size: int | None = None):
+    def __init__(
+        self,
+        ignore_index: int = -100,
+        temperature: float = 1.0,
+        chunk_size: int | None = None,
+        fuse_pairs: bool | None = None,
+    ):
         super().__init__()
         _check_options(ignore_index, temperature, chunk_size)
+        if fuse_pairs is not None and not isinstance(fuse_pairs, bool):
+            raise LossTypeError(f"fuse_pairs must be a bool or None, got {type(fuse_pairs).__name__}")
         self.ignore_index = ignore_index
         self.temperature = float(temperature)
         self.chunk_size = chunk_size
+        self.fuse_pairs = fuse_pairs
 
     def _sequences(
         self,
@@ -249,6 +266,33 @@ class _LinearPreference(nn.Module):
     ) -> list[torch.Tensor]:
         """``(B_k,)`` sequence log-probs of each ``(name, hidden (B_k, T_k, H), target (B_k, T_k))``;
         the arguments are ``<name>_hidden`` and ``<name>_target`` in messages."""
+        flats, targets = self._check_sequences(named, weight, bias, weight_name)
+        h_all = flats[0] if len(flats) == 1 else torch.cat(flats)
+        t_all = torch.cat([t.reshape(-1) for t in targets])
+        lp = linear_log_probs(
+            h_all,
+            weight,
+            t_all,
+            bias,
+            ignore_index=self.ignore_index,
+            temperature=self.temperature,
+            chunk_size=self.chunk_size,
+        )
+        assert isinstance(lp, torch.Tensor)
+        pieces = lp.split([t.numel() for t in targets])
+        return [
+            sum_per_sequence(x.reshape(t.shape), t != self.ignore_index, average=self.average)
+            for x, t in zip(pieces, targets)
+        ]
+
+    def _check_sequences(
+        self,
+        named: Sequence[tuple[str, torch.Tensor, torch.Tensor]],
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        weight_name: str,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Shape, dtype and device checks; the hidden states as ``(B_k T_k, H)`` rows and the targets."""
         flats, targets = [], []
         first_name, first = _arg(named[0][0], "hidden"), named[0][1]
         for name, hidden, target in named:
@@ -269,24 +313,94 @@ class _LinearPreference(nn.Module):
                 )
             flats.append(hidden.reshape(-1, hidden.shape[-1]))
             targets.append(target)
-        h_all = flats[0] if len(flats) == 1 else torch.cat(flats)
-        t_all = torch.cat([t.reshape(-1) for t in targets])
-        _check_head(first_name, h_all, weight_name, weight, weight_name.replace("weight", "bias"), bias)
-        lp = linear_log_probs(
-            h_all,
-            weight,
-            t_all,
-            bias,
-            ignore_index=self.ignore_index,
-            temperature=self.temperature,
-            chunk_size=self.chunk_size,
+        _check_head(first_name, first, weight_name, weight, weight_name.replace("weight", "bias"), bias)
+        return flats, targets
+
+    def _paired(
+        self,
+        chosen_hidden: torch.Tensor,
+        rejected_hidden: torch.Tensor,
+        weight: torch.Tensor,
+        chosen_target: torch.Tensor,
+        rejected_target: torch.Tensor,
+        bias: torch.Tensor | None,
+        pair_loss: Callable[[slice, torch.Tensor, torch.Tensor], torch.Tensor],
+        reduction: str,
+    ) -> torch.Tensor:
+        """``reduction`` ('mean' over pairs or 'sum') of ``pair_loss(pairs, s_w, s_l)`` with the gradients
+        computed during the forward pass, one group of whole pairs at a time (see ``fuse_pairs``)."""
+        named = [("chosen", chosen_hidden, chosen_target), ("rejected", rejected_hidden, rejected_target)]
+        self._check_sequences(named, weight, bias, "weight")
+        for name, hidden, target in named:
+            _check_tokens_target(target, hidden, weight.shape[0], self.ignore_index, _arg(name, "hidden"))
+        n_pairs = chosen_hidden.shape[0]
+        rows = chosen_hidden.shape[1] + rejected_hidden.shape[1]
+        groups = _kp.pair_groups(n_pairs, rows, weight.shape[0], _PAIR_GROUP_BYTES)
+        compact = chosen_hidden.device.type == "cpu" and not torch.compiler.is_compiling()
+        scale = 1.0 / n_pairs if reduction == "mean" else 1.0
+        options = (self.ignore_index, 1.0 / self.temperature, self.average, scale, compact)
+        targets = (chosen_target, rejected_target)
+        grad_on = torch.is_grad_enabled() and any(
+            x is not None and x.requires_grad for x in (chosen_hidden, rejected_hidden, weight, bias)
         )
-        assert isinstance(lp, torch.Tensor)
-        pieces = lp.split([t.numel() for t in targets])
-        return [
-            sum_per_sequence(x.reshape(t.shape), t != self.ignore_index, average=self.average)
-            for x, t in zip(pieces, targets)
-        ]
+        if not grad_on:
+            return _kp._pair_forward(
+                (chosen_hidden, rejected_hidden),
+                targets,
+                weight,
+                bias,
+                pair_loss,
+                groups,
+                *options[:4],
+                (False, False, False),
+                compact,
+            )[0]
+        return _kp.PairedLinearLoss.apply(
+            chosen_hidden, rejected_hidden, weight, bias, targets, pair_loss, groups, options
+        )
+
+    def _pair_or_sequences(
+        self,
+        named: Sequence[tuple[str, torch.Tensor, torch.Tensor]],
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        loss_of: Callable[..., torch.Tensor],
+        separable: bool,
+    ) -> torch.Tensor:
+        """``loss_of(s_w, s_l)`` on the pairs' sequence log-probs: through the paired grads-in-forward
+        kernel when the loss is a plain mean or sum of per-pair terms (``separable``, no normalizer)
+        and ``fuse_pairs`` allows it, else through :func:`linear_log_probs` (logits recomputed in
+        backward). ``loss_of(s_w, s_l, pairs, reduction='none')`` must give the losses of ``pairs``."""
+        (_, hw, yw), (_, hl, yl) = named
+        kwargs = self._loss_kwargs()
+        reduction = kwargs.get("reduction", "mean")
+        separable = separable and reduction in ("mean", "sum") and kwargs.get("normalizer") is None
+        if (
+            separable
+            and hw.shape[0] == hl.shape[0]
+            and self._can_fuse_pairs(hw.shape[0], hw.shape[1] + hl.shape[1], weight.shape[0])
+        ):
+            return self._paired(
+                hw,
+                hl,
+                weight,
+                yw,
+                yl,
+                bias,
+                lambda grp, sw, sl: loss_of(sw, sl, grp, reduction="none"),
+                reduction,
+            )
+        sw, sl = self._sequences(named, weight, bias)
+        return loss_of(sw, sl)
+
+    def _loss_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def _can_fuse_pairs(self, pairs: int, rows: int, vocab: int) -> bool:
+        """Whether the paired grads-in-forward path runs (see the ``fuse_pairs`` argument)."""
+        if self.fuse_pairs is False or pairs == 0:
+            return False
+        return self.fuse_pairs is True or 4 * rows * vocab <= _PAIR_AUTO_MAX_BYTES
 
     def _reference(
         self,
@@ -355,6 +469,15 @@ class LinearDPOLoss(_LinearPreference):
         beta, loss_type, label_smoothing, **dpo_kwargs: passed to ``dpo_loss`` (``reduction``,
             ``loss_weights``, ...).
         ignore_index, temperature, chunk_size: as in :func:`linear_log_probs`.
+        fuse_pairs: compute the gradients during the forward pass, one group of whole pairs at a
+            time: a pair's loss depends only on that pair, so each row costs the three matrix
+            products of eager autograd instead of four, for holding the float32 logits of at least
+            one pair (``4 (Tw + Tl) V`` bytes; groups of pairs up to 48 MiB). That path supports one
+            backward per forward. ``None`` (default): when the loss allows it (``reduction`` 'mean'
+            or 'sum' without ``normalizer``; per-pair loss types: not ``aot`` / ``aot_pair``, and
+            ``bco_pair`` only with ``reward_baseline``) and one pair's logits take at most 256 MiB;
+            ``False``: always :func:`linear_log_probs` (``(C, V)`` chunks, logits recomputed in
+            backward, any reduction); ``True``: whenever the loss allows it.
 
     Shapes: ``chosen_hidden (B, Tw, H)``, ``rejected_hidden (B, Tl, H)``, ``weight (V, H)``,
     ``chosen_target (B, Tw)``, ``rejected_target (B, Tl)``; both completions run through one kernel
@@ -381,13 +504,17 @@ class LinearDPOLoss(_LinearPreference):
         ignore_index: int = -100,
         temperature: float = 1.0,
         chunk_size: int | None = None,
+        fuse_pairs: bool | None = None,
         **dpo_kwargs: Any,
     ) -> None:
-        super().__init__(ignore_index, temperature, chunk_size)
+        super().__init__(ignore_index, temperature, chunk_size, fuse_pairs)
         self.beta = beta
         self.loss_type = loss_type
         self.label_smoothing = label_smoothing
         self.dpo_kwargs = dpo_kwargs
+
+    def _loss_kwargs(self) -> dict[str, Any]:
+        return self.dpo_kwargs
 
     def forward(
         self,
@@ -404,11 +531,8 @@ class LinearDPOLoss(_LinearPreference):
         ref_weight: torch.Tensor | None = None,
         ref_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        pw, pl = self._sequences(
-            [("chosen", chosen_hidden, chosen_target), ("rejected", rejected_hidden, rejected_target)],
-            weight,
-            bias,
-        )
+        named = [("chosen", chosen_hidden, chosen_target), ("rejected", rejected_hidden, rejected_target)]
+        self._check_sequences(named, weight, bias, "weight")
         rw, rl = self._reference(
             [
                 ("chosen", ref_chosen_logps, ref_chosen_hidden, chosen_target),
@@ -417,16 +541,29 @@ class LinearDPOLoss(_LinearPreference):
             ref_weight,
             ref_bias,
         )
-        return dpo_loss(
-            pw,
-            pl,
-            rw,
-            rl,
-            beta=self.beta,
-            loss_type=self.loss_type,
-            label_smoothing=self.label_smoothing,
-            **self.dpo_kwargs,
+        kw = self.dpo_kwargs
+
+        def loss_of(
+            pw: torch.Tensor, pl: torch.Tensor, pairs: slice = slice(None), **over: Any
+        ) -> torch.Tensor:
+            return dpo_loss(
+                pw,
+                pl,
+                rw[pairs],
+                rl[pairs],
+                beta=self.beta,
+                loss_type=self.loss_type,
+                label_smoothing=self.label_smoothing,
+                **{**kw, **over},
+            )
+
+        types = {self.loss_type} if isinstance(self.loss_type, str) else set(self.loss_type)
+        separable = (
+            not types & {"aot", "aot_pair"}
+            and ("bco_pair" not in types or kw.get("reward_baseline") is not None)
+            and not kw.get("gather_distributed", False)
         )
+        return self._pair_or_sequences(named, weight, bias, loss_of, separable)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, loss_type={self.loss_type!r}, " + super().extra_repr()
@@ -437,26 +574,12 @@ class _LinearPairNoReference(_LinearPreference):
 
     average = True
 
-    def _pair(
-        self,
-        chosen_hidden: torch.Tensor,
-        rejected_hidden: torch.Tensor,
-        weight: torch.Tensor,
-        chosen_target: torch.Tensor,
-        rejected_target: torch.Tensor,
-        bias: torch.Tensor | None,
-    ) -> list[torch.Tensor]:
-        return self._sequences(
-            [("chosen", chosen_hidden, chosen_target), ("rejected", rejected_hidden, rejected_target)],
-            weight,
-            bias,
-        )
-
 
 class LinearSimPOLoss(_LinearPairNoReference):
     r"""SimPO (Meng et al. 2024) from hidden states: :func:`~losskit.preference.losses.simpo_loss` on the
     **length-averaged** log-probs of :func:`linear_log_probs`; no reference model, no ``(tokens, vocab)``
-    logits. Arguments and shapes as :class:`LinearDPOLoss` (without the reference);
+    logits. Arguments (``fuse_pairs`` included) and shapes as :class:`LinearDPOLoss` (without the
+    reference);
     ``beta, gamma, label_smoothing, **simpo_kwargs`` go to ``simpo_loss``.
 
     Example:
@@ -478,11 +601,15 @@ class LinearSimPOLoss(_LinearPairNoReference):
         ignore_index: int = -100,
         temperature: float = 1.0,
         chunk_size: int | None = None,
+        fuse_pairs: bool | None = None,
         **simpo_kwargs: Any,
     ) -> None:
-        super().__init__(ignore_index, temperature, chunk_size)
+        super().__init__(ignore_index, temperature, chunk_size, fuse_pairs)
         self.beta, self.gamma, self.label_smoothing = beta, gamma, label_smoothing
         self.simpo_kwargs = simpo_kwargs
+
+    def _loss_kwargs(self) -> dict[str, Any]:
+        return self.simpo_kwargs
 
     def forward(
         self,
@@ -493,15 +620,23 @@ class LinearSimPOLoss(_LinearPairNoReference):
         rejected_target: torch.Tensor,
         bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        aw, al = self._pair(chosen_hidden, rejected_hidden, weight, chosen_target, rejected_target, bias)
-        return simpo_loss(aw, al, self.beta, self.gamma, self.label_smoothing, **self.simpo_kwargs)
+        named = [("chosen", chosen_hidden, chosen_target), ("rejected", rejected_hidden, rejected_target)]
+        self._check_sequences(named, weight, bias, "weight")
+
+        def loss_of(
+            aw: torch.Tensor, al: torch.Tensor, pairs: slice = slice(None), **over: Any
+        ) -> torch.Tensor:
+            kw = {**self.simpo_kwargs, **over}
+            return simpo_loss(aw, al, self.beta, self.gamma, self.label_smoothing, **kw)
+
+        return self._pair_or_sequences(named, weight, bias, loss_of, True)
 
 
 class LinearORPOLoss(_LinearPairNoReference):
     r"""ORPO (Hong et al. 2024) from hidden states: :func:`~losskit.preference.losses.orpo_loss` on the
     **length-averaged** log-probs of :func:`linear_log_probs`, whose default NLL term is the chosen
     completion's mean token NLL (``-avg_w``, the paper's per-pair average). Arguments and shapes as
-    :class:`LinearSimPOLoss`; ``beta`` (the paper's lambda) and ``**orpo_kwargs`` go to ``orpo_loss``.
+    :class:`LinearSimPOLoss` (a given ``chosen_nll`` takes the :func:`linear_log_probs` path); ``beta`` (the paper's lambda) and ``**orpo_kwargs`` go to ``orpo_loss``.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -520,11 +655,15 @@ class LinearORPOLoss(_LinearPairNoReference):
         ignore_index: int = -100,
         temperature: float = 1.0,
         chunk_size: int | None = None,
+        fuse_pairs: bool | None = None,
         **orpo_kwargs: Any,
     ) -> None:
-        super().__init__(ignore_index, temperature, chunk_size)
+        super().__init__(ignore_index, temperature, chunk_size, fuse_pairs)
         self.beta = beta
         self.orpo_kwargs = orpo_kwargs
+
+    def _loss_kwargs(self) -> dict[str, Any]:
+        return self.orpo_kwargs
 
     def forward(
         self,
@@ -535,8 +674,16 @@ class LinearORPOLoss(_LinearPairNoReference):
         rejected_target: torch.Tensor,
         bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        aw, al = self._pair(chosen_hidden, rejected_hidden, weight, chosen_target, rejected_target, bias)
-        return orpo_loss(aw, al, self.beta, **self.orpo_kwargs)
+        named = [("chosen", chosen_hidden, chosen_target), ("rejected", rejected_hidden, rejected_target)]
+        self._check_sequences(named, weight, bias, "weight")
+
+        def loss_of(
+            aw: torch.Tensor, al: torch.Tensor, pairs: slice = slice(None), **over: Any
+        ) -> torch.Tensor:
+            return orpo_loss(aw, al, self.beta, **{**self.orpo_kwargs, **over})
+
+        # a user-given chosen_nll couples the pairs to it: plain path
+        return self._pair_or_sequences(named, weight, bias, loss_of, "chosen_nll" not in self.orpo_kwargs)
 
 
 class LinearKTOLoss(_LinearPreference):
