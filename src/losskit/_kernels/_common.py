@@ -70,7 +70,7 @@ def softmax_parts(
     a = x - m
     e = torch.exp(a)
     top = a == 0
-    ties = top.sum(dim=dim, keepdim=True).to(x.dtype) - 1.0
+    ties = top.to(x.dtype).sum(dim=dim, keepdim=True) - 1.0
     rest = torch.where(top, torch.zeros_like(e), e).sum(dim=dim, keepdim=True) + ties
     return a, e, rest, torch.log1p(rest)
 
