@@ -159,8 +159,11 @@ def _backward_rows(
                 z.mul_(inv_t)
             z.sub_(lse_c.unsqueeze(1))
         else:
-            shift = -lse_c.unsqueeze(1) if b_scaled is None else b_scaled - lse_c.unsqueeze(1)
-            torch.addmm(shift, h_c, weight.t(), alpha=inv_t, out=z)
+            if b_scaled is None:
+                torch.addmm(-lse_c.unsqueeze(1), h_c, weight.t(), alpha=inv_t, out=z)
+            else:  # z = b / T - lse, then z += h W^T / T (no (C, V) temporary)
+                torch.sub(b_scaled.expand(c, v), lse_c.unsqueeze(1), out=z)
+                z.addmm_(h_c, weight.t(), alpha=inv_t)
         expm1_t = torch.expm1(lp_c)
         if bg is None:
             # G = p - onehot; row weights a ride on the (C, H) operands
