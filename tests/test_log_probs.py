@@ -577,3 +577,22 @@ def test_linear_dpo_paired_path_no_grad_half_and_single_backward():
         assert float((x.grad.float() - y.grad).norm() / y.grad.norm()) < 3e-2
     with pytest.raises(RuntimeError, match=r"one backward per forward"):
         out.backward()
+
+
+def test_fused_modules_pickle_and_deepcopy():
+    import copy
+    import pickle
+
+    hw, hl, weight, bb, yw, yl = _pair_inputs()
+    refs = {"ref_chosen_logps": torch.full((3,), -8.0, dtype=torch.float64)}
+    refs["ref_rejected_logps"] = torch.full((3,), -7.0, dtype=torch.float64)
+    for loss_fn, args, kw in [
+        (LinearDPOLoss(beta=0.2, loss_type="ipo"), (hw, hl, weight, yw, yl, bb), refs),
+        (LinearSimPOLoss(gamma=0.1), (hw, hl, weight, yw, yl, bb), {}),
+    ]:
+        want = loss_fn(*args, **kw)
+        for clone in (copy.deepcopy(loss_fn), pickle.loads(pickle.dumps(loss_fn))):
+            torch.testing.assert_close(clone(*args, **kw), want)
+            assert repr(clone) == repr(loss_fn)
+    with pytest.raises(LossTypeError, match=r"fuse_pairs must be a bool or None, got int"):
+        LinearDPOLoss(fuse_pairs=1)
