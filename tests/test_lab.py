@@ -448,3 +448,67 @@ def test_stdlib_corpus_is_the_same_text_in_every_process() -> None:
     second_ids, second_vocab = data.stdlib_corpus(512)
     assert first_vocab == second_vocab and len(first_vocab) == 512
     assert torch.equal(first_ids, second_ids) and first_ids.numel() > 50_000
+
+
+# ----------------------------------------------------------------------------- preference experiment
+
+
+def test_preference_pairs_follow_the_stated_rule() -> None:
+    """Prompt + chosen is a contiguous span of the corpus; rejected is chosen with one adjacent pair of
+    different tokens swapped."""
+    import numpy as np
+
+    from losskit.lab.experiments import preference as P
+
+    ids = torch.tensor(np.random.default_rng(0).integers(0, 5, 400))
+    pairs = P.make_pairs(ids, 50, np.random.default_rng(1))
+    assert len(pairs) == 50
+    stream = ids.tolist()
+    for prompt, chosen, rejected in zip(
+        pairs.prompt.tolist(), pairs.chosen.tolist(), pairs.rejected.tolist()
+    ):
+        span = prompt + chosen
+        assert any(stream[i : i + len(span)] == span for i in range(len(stream) - len(span) + 1))
+        diff = [j for j in range(len(chosen)) if chosen[j] != rejected[j]]
+        assert len(diff) == 2 and diff[1] == diff[0] + 1
+        j = diff[0]
+        assert rejected[j] == chosen[j + 1] and rejected[j + 1] == chosen[j]
+
+
+def test_preference_completion_log_probs_match_a_plain_loop() -> None:
+    import losskit.functional as LF
+    from losskit.lab.experiments import preference as P
+
+    torch.manual_seed(0)
+    vocab = 11
+    model = P._WindowLM(vocab).double()
+    prompt = torch.randint(0, vocab, (3, P.CONTEXT))
+    completion = torch.randint(0, vocab, (3, P.COMPLETION))
+    with torch.no_grad():
+        got = P.completion_log_probs(model, prompt, completion, LF.sequence_log_probs)
+    for b in range(3):
+        seq = prompt[b].tolist() + completion[b].tolist()
+        expected = 0.0
+        for t in range(P.COMPLETION):
+            window = torch.tensor([seq[t : t + P.CONTEXT]])  # the CONTEXT tokens before completion[t]
+            with torch.no_grad():
+                logits = (model(window) @ model.head.T)[0]
+            expected += float(logits[seq[t + P.CONTEXT]] - torch.logsumexp(logits, 0))
+        assert float(got[b]) == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+def test_preference_tiny_run_measures_every_method_against_sft(tmp_path: Path) -> None:
+    (res,) = runner.run_experiments(["preference"], _tiny_ctx(tmp_path))
+    if res.skipped:
+        pytest.skip(res.skipped)
+    assert res.error is None, res.error
+    assert list(res.methods) == ["sft", "sft_chosen", "dpo", "ipo", "simpo", "orpo", "kto"]
+    kl = res.secondary["KL to sft (nats/token)"][1]
+    margin = res.secondary["margin vs reference (nats)"][1]
+    assert kl["sft"] == [0.0] and margin["sft"] == [0.0]  # the reference compared with itself
+    for m in res.methods:
+        assert 0.0 <= res.methods[m][0] <= 100.0
+        if m != "sft":
+            assert kl[m][0] > 0.0, m  # every method moved away from the reference
+    assert "sft" in res.conclusion and "kto" in res.conclusion
+    assert [f.path for f in res.figures] == ["preference_curves.png", "preference_metric.png"]

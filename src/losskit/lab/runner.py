@@ -41,6 +41,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "detection": ("detection", "Single-object detection: box losses"),
     "multitask": ("multitask", "Multi-task weighting with mismatched loss scales"),
     "large_vocabulary": ("large_vocabulary", "Large-vocabulary cross-entropy memory"),
+    "preference": ("preference", "Preference optimisation: prefer the real continuation"),
 }
 
 
