@@ -24,8 +24,8 @@ logits with class-index targets, any ``alpha`` / ``weight`` / ``ignore_index`` /
 smoothing. Everything else -- and targets or weights that require grad, calls inside an outer
 ``torch.compile``, empty inputs -- runs the plain tensor code, which is also the reference the
 kernels are tested against. ``losskit._kernels.fused_kernels(False)`` (or
-``LOSSKIT_FUSED_KERNELS=0``) forces that code, e.g. for double backward, which the kernels do not
-support.
+``LOSSKIT_FUSED_KERNELS=0``) forces that code. Double backward (``create_graph=True``) works on
+both paths: a kernel's backward then runs its plain tensor code under autograd.
 """
 
 from __future__ import annotations

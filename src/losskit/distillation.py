@@ -18,7 +18,7 @@ Conventions shared by the logit losses:
   row (the log-normalisers; four for the JSD), so backward is one elementwise pass. The kernels are
   ``torch.compile``-d on first use and taken for inputs of >= 262144 elements (smaller ones run
   faster through the plain code). Other layouts, mixed dtypes and calls inside an outer ``torch.compile`` use the plain tensor code;
-  ``losskit._kernels.fused_kernels(False)`` forces it (e.g. for double backward).
+  ``losskit._kernels.fused_kernels(False)`` forces it. Double backward works on both paths.
 """
 
 from __future__ import annotations

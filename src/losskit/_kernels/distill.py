@@ -65,7 +65,8 @@ def _log_softmax(z: torch.Tensor, temperature: float) -> tuple[torch.Tensor, tor
     tail of a confident row away (:func:`~losskit._kernels._common.softmax_parts`)."""
     zf = _scaled(z, temperature)
     a, _, _, l1p = softmax_parts(zf, 1)
-    return a - l1p, (zf - a)[:, 0], l1p.squeeze(1)
+    # the row max as its own (R,) tensor: a view of zf - a would keep that (R, C) storage alive
+    return a - l1p, zf[:, 0] - a[:, 0], l1p.squeeze(1)
 
 
 def _row_log_softmax(z: torch.Tensor, m: torch.Tensor, l1p: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -94,7 +95,7 @@ def _build_kd_forward(temperature: float, scale: float) -> Callable:
         a_t, e_t, rest_t, l1t = softmax_parts(zt, 1)
         w = (e_t * (a_t - a_s)).sum(1, keepdim=True)
         rows = scale * (w / (1.0 + rest_t) - l1t + l1s).squeeze(1)
-        return rows, (zs - a_s)[:, 0], l1s.squeeze(1), (zt - a_t)[:, 0], l1t.squeeze(1)
+        return rows, zs[:, 0] - a_s[:, 0], l1s.squeeze(1), zt[:, 0] - a_t[:, 0], l1t.squeeze(1)
 
     return forward
 
