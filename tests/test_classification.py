@@ -22,6 +22,7 @@ from harness import (
     extreme_logits,
 )
 from losskit import LossTypeError, LossValueError
+from losskit._kernels import fused_kernels
 
 REDUCTIONS = ["none", "mean", "sum"]
 
@@ -219,6 +220,7 @@ def test_cross_entropy_normalizer_accumulation():
 FOCAL_CASES = {
     "gamma2": {"gamma": 2.0},
     "gamma05_alpha": {"gamma": 0.5, "alpha": 0.25},
+    "alpha_vec": {"gamma": 2.0, "alpha": "vec"},
     "alpha_vec_weight": {"gamma": 1.5, "alpha": "vec", "weight": True},
     "smooth_weight": {"gamma": 2.0, "weight": True, "eps": 0.2, "alpha": "vec"},
 }
@@ -235,12 +237,18 @@ def _focal_kw(case, w):
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("case", list(FOCAL_CASES))
-@pytest.mark.parametrize("spatial", [False, True])
+@pytest.mark.parametrize("spatial", [False, True, "plain", "plain-none-ignored"])
 def test_focal_matches_reference(case, reduction, spatial):
-    shape = (3, 4, 3) if spatial else (7, 4)
-    x, y, w, _ = _cls_data(shape, seed=5)
+    # 2-D inputs take the fused kernel in this suite; "plain" runs the eager code on them
+    shape = (3, 4, 3) if spatial is True else (7, 4)
+    x, y, w, _ = _cls_data(shape, seed=5, ignore=spatial != "plain-none-ignored")
     alpha, gamma, weight, eps = _focal_kw(case, w)
     ref_alpha = alpha.double() if isinstance(alpha, torch.Tensor) else alpha
+    with fused_kernels("off" if spatial in ("plain", "plain-none-ignored") else "always"):
+        _assert_focal_reference(x, y, alpha, ref_alpha, gamma, weight, eps, reduction)
+
+
+def _assert_focal_reference(x, y, alpha, ref_alpha, gamma, weight, eps, reduction):
     assert_matches_reference(
         lambda a: LF.focal_loss(a, y, alpha, gamma, reduction, weight=weight, label_smoothing=eps),
         lambda a: ref_focal(

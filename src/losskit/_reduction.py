@@ -105,6 +105,8 @@ def reduce_loss(
         loss = loss * weight
     if reduction == "none":
         return loss
+    if reduction == "mean" and normalizer is None and weight is None and mask is None and loss.numel():
+        return loss.mean()  # one op; an empty loss takes the sum / 1 = 0 below
     total = loss.sum()
     if reduction == "sum":
         return total
