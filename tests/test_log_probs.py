@@ -596,3 +596,34 @@ def test_fused_modules_pickle_and_deepcopy():
             assert repr(clone) == repr(loss_fn)
     with pytest.raises(LossTypeError, match=r"fuse_pairs must be a bool or None, got int"):
         LinearDPOLoss(fuse_pairs=1)
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_paired_path_holding_only_the_chosen_logits_matches_full_logits(monkeypatch, compact):
+    import losskit.preference.log_probs as lp_mod
+
+    monkeypatch.setattr(lp_mod, "_PAIR_HOLD_BYTES", 0)  # hold one chosen completion, stream the rejected
+    if not compact:  # the masked (accelerator) row plan, on CPU
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    hw, hl, weight, bb, yw, yl = _pair_inputs(b=3, tw=3, tl=8)
+    yw[:, 0] = 1  # every chosen completion keeps a counted token
+    g = torch.Generator().manual_seed(10)
+    rw = -8 + torch.randn(3, generator=g, dtype=torch.float64)
+    rl = -8 + torch.randn(3, generator=g, dtype=torch.float64)
+    fused = LinearDPOLoss(beta=0.5, fuse_pairs=True)(
+        hw, hl, weight, yw, yl, bb, ref_chosen_logps=rw, ref_rejected_logps=rl
+    )
+    eager = dpo_loss(
+        sequence_log_probs(_logits(hw, weight, bb), yw),
+        sequence_log_probs(_logits(hl, weight, bb), yl),
+        rw,
+        rl,
+        beta=0.5,
+    )
+    _assert_same_value_and_grads(fused * 2.5, eager * 2.5, (hw, hl, weight, bb))
+    fused = LinearSimPOLoss(fuse_pairs=True, temperature=0.8)(hw, hl, weight, yw, yl, bb)
+    eager = simpo_loss(
+        sequence_log_probs(_logits(hw, weight, bb, 0.8), yw, average=True),
+        sequence_log_probs(_logits(hl, weight, bb, 0.8), yl, average=True),
+    )
+    _assert_same_value_and_grads(fused, eager, (hw, hl, weight, bb))

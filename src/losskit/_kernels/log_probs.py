@@ -299,6 +299,77 @@ def pair_groups(n_pairs: int, rows_per_pair: int, vocab: int, budget: int) -> li
     return [slice(i, min(i + per, n_pairs)) for i in range(0, n_pairs, per)]
 
 
+class _Part:
+    """The counted rows of one completion set within a group of pairs."""
+
+    def __init__(
+        self, k: int, h3: torch.Tensor, t2: torch.Tensor, grp: slice, ignore_index: int, compact: bool
+    ) -> None:
+        g, tlen, hdim = grp.stop - grp.start, h3.shape[1], h3.shape[2]
+        dev = h3.device
+        h = h3[grp].reshape(-1, hdim)
+        t = t2[grp].reshape(-1)
+        seq = torch.arange(g, device=dev).repeat_interleave(tlen) + k * g
+        self.k, self.row0 = k, grp.start * tlen
+        valid = t != ignore_index
+        self.rows: torch.Tensor | None = None  # row indices into the flat completion set (compact)
+        self.valid: torch.Tensor | None = None  # mask of counted rows (not compact)
+        if compact:
+            rows = valid.nonzero().squeeze(1)
+            h, t, seq = h.index_select(0, rows), t.index_select(0, rows), seq.index_select(0, rows)
+            self.rows = rows + self.row0
+        else:
+            t = t.masked_fill(~valid, 0)
+            self.valid = valid
+        self.h, self.t, self.seq = h, t.unsqueeze(1), seq
+        self.n = h.shape[0]
+
+
+def _part_logps(
+    z: torch.Tensor, part: _Part, lo: int, hi: int, weight, b, zhalf, inv_t: float
+) -> torch.Tensor:
+    """Log-softmax of rows ``lo:hi`` of ``part`` written into ``z``; their target log-probs (0 where
+    not counted)."""
+    logits_into(z, part.h[lo:hi], weight, b, zhalf)
+    if inv_t != 1.0:
+        z.mul_(inv_t)
+    log_softmax_(z)
+    lp = z.gather(1, part.t[lo:hi]).squeeze(1)
+    if part.valid is not None:
+        lp = torch.where(part.valid[lo:hi], lp, lp.new_zeros(()))
+    return lp
+
+
+def _part_grads(
+    z: torch.Tensor,
+    part: _Part,
+    lo: int,
+    hi: int,
+    lp: torch.Tensor,
+    r: torch.Tensor,
+    weight: torch.Tensor,
+    zhalf: torch.Tensor | None,
+    grads: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
+) -> None:
+    """Turn the log-softmax in ``z`` into ``G = p - onehot`` and add ``r``-weighted ``G``'s products
+    to the gradients (hidden rows of ``part``, weight, bias)."""
+    gh, gw, gb = grads
+    z.exp_()
+    z.scatter_(1, part.t[lo:hi], torch.expm1(lp).unsqueeze(1))
+    h = part.h[lo:hi]
+    if gh is not None:
+        g_in = z if zhalf is None else zhalf.copy_(z)
+        out = torch.mm(g_in, weight).mul_(r.unsqueeze(1).to(weight.dtype))
+        if part.rows is None:
+            gh[part.row0 + lo : part.row0 + hi] = out
+        else:
+            gh.index_copy_(0, part.rows[lo:hi], out)
+    if gw is not None:
+        gw.addmm_(z.t(), h.to(gw.dtype) * r.unsqueeze(1))
+    if gb is not None:
+        gb.addmv_(z.t(), r)
+
+
 def _pair_forward(
     hiddens: tuple[torch.Tensor, torch.Tensor],
     targets: tuple[torch.Tensor, torch.Tensor],
@@ -312,9 +383,16 @@ def _pair_forward(
     scale: float,
     need: tuple[bool, bool, bool],
     compact: bool,
+    hold_rejected: bool = True,
 ) -> tuple[torch.Tensor, list[torch.Tensor | None], torch.Tensor | None, torch.Tensor | None]:
     """Sum of the per-pair losses times ``scale`` and, when ``need``, its gradients (hidden of each
-    completion set, weight, bias), computed group by group: three matrix products per row."""
+    completion set, weight, bias), computed group by group.
+
+    ``hold_rejected``: the logits of a whole group stay in memory until the pair losses are known
+    (three matrix products per row). Otherwise only the chosen completions' are held: the rejected
+    ones are formed once for their log-probs before and once for their gradients after (four
+    matrix products on those rows, half the memory for equal lengths).
+    """
     hw = hiddens[0]
     hdim = hw.shape[-1]
     v = weight.shape[0]
@@ -332,83 +410,75 @@ def _pair_forward(
     gb = torch.zeros(v, dtype=cdt, device=dev) if need_b else None
     total = torch.zeros((), dtype=cdt, device=dev)
     max_g = max((g.stop - g.start for g in groups), default=0)
-    rows_max = max_g * sum(h.shape[1] for h in hiddens)
+    lens = [h.shape[1] for h in hiddens]
+    rows_max = max_g * (sum(lens) if hold_rejected else max(lens))
     zbuf = torch.empty(rows_max, v, dtype=cdt, device=dev)
     zhalf = torch.empty(rows_max, v, dtype=hw.dtype, device=dev) if half else None
+
+    def zs(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return zbuf[lo:hi], None if zhalf is None else zhalf[lo:hi]
+
+    def streamed(part: _Part) -> list[tuple[int, int]]:
+        return [(lo, min(lo + rows_max, part.n)) for lo in range(0, part.n, rows_max)]
+
     for grp in groups:
         g = grp.stop - grp.start
-        parts = []  # (which, rows or None, h, t, seq, valid)
+        parts = [_Part(k, h, t, grp, ignore_index, compact) for k, (h, t) in enumerate(zip(hiddens, targets))]
+        held = parts if hold_rejected else parts[:1]
+        lps: list[torch.Tensor] = []
+        lps_r: list[torch.Tensor] = []
+        if not hold_rejected:  # rejected log-probs first, through the buffer
+            for lo, hi in streamed(parts[1]):
+                z, zh = zs(0, hi - lo)
+                lps_r.append(_part_logps(z, parts[1], lo, hi, weight, b, zh, inv_t))
         off = 0
-        for k, (h3, t2) in enumerate(zip(hiddens, targets)):
-            tlen = h3.shape[1]
-            h = h3[grp].reshape(-1, hdim)
-            t = t2[grp].reshape(-1)
-            seq = torch.arange(g, device=dev).repeat_interleave(tlen) + k * g
-            row0 = grp.start * tlen
-            valid = t != ignore_index
-            rows: torch.Tensor | None = None
-            if compact:
-                rows = valid.nonzero().squeeze(1)
-                h, t, seq = h.index_select(0, rows), t.index_select(0, rows), seq.index_select(0, rows)
-                rows = rows + row0
-                valid = None
-            else:
-                t = t.masked_fill(~valid, 0)
-            parts.append((k, rows, row0, h, t, seq, valid, slice(off, off + h.shape[0])))
-            off += h.shape[0]
-        z_all = zbuf[:off]
-        for _, _, _, h, _, _, _, sl in parts:
-            logits_into(z_all[sl], h, weight, b, None if zhalf is None else zhalf[sl])
-        if inv_t != 1.0:
-            z_all.mul_(inv_t)
-        log_softmax_(z_all)
-        t_all = torch.cat([p[4] for p in parts]).unsqueeze(1)
-        seq_all = torch.cat([p[5] for p in parts])
-        lp = z_all.gather(1, t_all).squeeze(1)
-        if not compact:
-            lp = torch.where(torch.cat([p[6] for p in parts]), lp, lp.new_zeros(()))
-        sums = torch.zeros(2 * g, dtype=cdt, device=dev).index_add_(0, seq_all, lp)
+        offsets = []
+        for part in held:
+            z, zh = zs(off, off + part.n)
+            lps.append(_part_logps(z, part, 0, part.n, weight, b, zh, inv_t))
+            offsets.append(off)
+            off += part.n
+        if not hold_rejected:
+            lps.append(torch.cat(lps_r) if lps_r else hw.new_zeros(0, dtype=cdt))
+        lp_all = torch.cat(lps)
+        seq_all = torch.cat([p.seq for p in parts])
+        sums = torch.zeros(2 * g, dtype=cdt, device=dev).index_add_(0, seq_all, lp_all)
         counts = None
         if average:
-            ones = torch.ones_like(lp) if compact else torch.cat([p[6] for p in parts]).to(cdt)
+            ones = torch.cat(
+                [
+                    torch.ones(p.n, dtype=cdt, device=dev) if p.valid is None else p.valid.to(cdt)
+                    for p in parts
+                ]
+            )
             counts = torch.zeros(2 * g, dtype=cdt, device=dev).index_add_(0, seq_all, ones).clamp_min(1.0)
             sums = sums / counts
         with torch.enable_grad():
             sw = sums[:g].detach().requires_grad_(need_grad)
-            sl_ = sums[g:].detach().requires_grad_(need_grad)
-            losses = pair_loss(grp, sw, sl_)
+            sl = sums[g:].detach().requires_grad_(need_grad)
+            losses = pair_loss(grp, sw, sl)
             if need_grad:
-                grads = torch.autograd.grad(losses.sum(), (sw, sl_), allow_unused=True)
+                grads = torch.autograd.grad(losses.sum(), (sw, sl), allow_unused=True)
         total += losses.detach().sum().to(cdt)
         if not need_grad:
             continue
-        a = torch.cat([x if x is not None else torch.zeros_like(s) for x, s in zip(grads, (sw, sl_))]).to(cdt)
+        a = torch.cat([x if x is not None else torch.zeros_like(y) for x, y in zip(grads, (sw, sl))]).to(cdt)
         if counts is not None:
             a = a / counts
-        row_w = a.index_select(0, seq_all) * (-inv_t * scale)
-        if not compact:
-            row_w = torch.where(torch.cat([p[6] for p in parts]), row_w, row_w.new_zeros(()))
-        # G = p - onehot (target entry expm1(log p_t)); d(total)/d(logits) = row_w * G
-        z_all.exp_()
-        z_all.scatter_(1, t_all, torch.expm1(lp).unsqueeze(1))
-        for k, rows, row0, h, _, _, _, sl in parts:
-            z = z_all[sl]
-            r = row_w[sl]
-            if need_h:
-                g_in = z if zhalf is None else zhalf[sl].copy_(z)
-                out = torch.mm(g_in, weight).mul_(r.unsqueeze(1).to(hw.dtype))
-                gh = ghs[k]
-                assert gh is not None
-                if rows is None:
-                    gh[row0 : row0 + out.shape[0]] = out
-                else:
-                    gh.index_copy_(0, rows, out)
-            if need_w:
-                assert gw is not None
-                gw.addmm_(z.t(), (h.to(cdt) if half else h) * r.unsqueeze(1))
-            if need_b:
-                assert gb is not None
-                gb.addmv_(z.t(), r)
+        # d(total)/d(logits) of a row = r (p - onehot), r = -scale a_seq / T (0 where not counted)
+        rs = []
+        for part in parts:
+            r = a.index_select(0, part.seq) * (-inv_t * scale)
+            rs.append(r if part.valid is None else torch.where(part.valid, r, r.new_zeros(())))
+        for part, off, lp, r in zip(held, offsets, lps, rs):
+            z, zh = zs(off, off + part.n)
+            _part_grads(z, part, 0, part.n, lp, r, weight, zh, (ghs[part.k], gw, gb))
+        if not hold_rejected:
+            part = parts[1]
+            for lo, hi in streamed(part):
+                z, zh = zs(0, hi - lo)
+                lp = _part_logps(z, part, lo, hi, weight, b, zh, inv_t)
+                _part_grads(z, part, lo, hi, lp, rs[1][lo:hi], weight, zh, (ghs[1], gw, gb))
     return total * scale, ghs, gw, gb
 
 
@@ -427,9 +497,9 @@ class PairedLinearLoss(torch.autograd.Function):
         targets: tuple[torch.Tensor, torch.Tensor],
         pair_loss: PairLoss,
         groups: list[slice],
-        options: tuple[int, float, bool, float, bool],
+        options: tuple[int, float, bool, float, bool, bool],
     ) -> torch.Tensor:
-        ignore_index, inv_t, average, scale, compact = options
+        ignore_index, inv_t, average, scale, compact, hold_rejected = options
         need = (
             ctx.needs_input_grad[0] or ctx.needs_input_grad[1],
             ctx.needs_input_grad[2],
@@ -448,6 +518,7 @@ class PairedLinearLoss(torch.autograd.Function):
             scale,
             need,  # type: ignore[arg-type]
             compact,
+            hold_rejected,
         )
         shapes = (chosen_hidden.shape, rejected_hidden.shape)
         ghs = [None if g is None else g.reshape(s) for g, s in zip(ghs, shapes)]

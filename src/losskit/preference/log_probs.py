@@ -220,9 +220,11 @@ def sequence_log_probs(
 # ----------------------------------------------------------------------------- fused losses
 
 
-# Paired grads-in-forward: logits of one group of whole pairs live at once (at least one pair);
-# by default only when one pair's float32 logits take at most 256 MiB.
+# Paired grads-in-forward: the float32 logits of one group of whole pairs (up to 48 MiB, at least one
+# pair) live at once when one pair's take at most 96 MiB; beyond, those of one chosen completion
+# only (the rejected one's are formed twice). By default only when what is held takes <= 256 MiB.
 _PAIR_GROUP_BYTES = DEFAULT_CHUNK_BYTES
+_PAIR_HOLD_BYTES = 2 * DEFAULT_CHUNK_BYTES
 _PAIR_AUTO_MAX_BYTES = 256 * 2**20
 
 
@@ -335,10 +337,16 @@ class _LinearPreference(nn.Module):
             _check_tokens_target(target, hidden, weight.shape[0], self.ignore_index, _arg(name, "hidden"))
         n_pairs = chosen_hidden.shape[0]
         rows = chosen_hidden.shape[1] + rejected_hidden.shape[1]
-        groups = _kp.pair_groups(n_pairs, rows, weight.shape[0], _PAIR_GROUP_BYTES)
+        vocab = weight.shape[0]
+        hold_rejected = 4 * rows * vocab <= _PAIR_HOLD_BYTES
+        groups = (
+            _kp.pair_groups(n_pairs, rows, vocab, _PAIR_GROUP_BYTES)
+            if hold_rejected
+            else [slice(i, i + 1) for i in range(n_pairs)]
+        )
         compact = chosen_hidden.device.type == "cpu" and not torch.compiler.is_compiling()
         scale = 1.0 / n_pairs if reduction == "mean" else 1.0
-        options = (self.ignore_index, 1.0 / self.temperature, self.average, scale, compact)
+        options = (self.ignore_index, 1.0 / self.temperature, self.average, scale, compact, hold_rejected)
         targets = (chosen_target, rejected_target)
         grad_on = torch.is_grad_enabled() and any(
             x is not None and x.requires_grad for x in (chosen_hidden, rejected_hidden, weight, bias)
@@ -354,6 +362,7 @@ class _LinearPreference(nn.Module):
                 *options[:4],
                 (False, False, False),
                 compact,
+                hold_rejected,
             )[0]
         return _kp.PairedLinearLoss.apply(
             chosen_hidden, rejected_hidden, weight, bias, targets, pair_loss, groups, options
@@ -378,7 +387,7 @@ class _LinearPreference(nn.Module):
         if (
             separable
             and hw.shape[0] == hl.shape[0]
-            and self._can_fuse_pairs(hw.shape[0], hw.shape[1] + hl.shape[1], weight.shape[0])
+            and self._can_fuse_pairs(hw.shape[0], hw.shape[1], hw.shape[1] + hl.shape[1], weight.shape[0])
         ):
             return self._paired(
                 hw,
@@ -396,11 +405,12 @@ class _LinearPreference(nn.Module):
     def _loss_kwargs(self) -> dict[str, Any]:
         return {}
 
-    def _can_fuse_pairs(self, pairs: int, rows: int, vocab: int) -> bool:
+    def _can_fuse_pairs(self, pairs: int, rows_w: int, rows: int, vocab: int) -> bool:
         """Whether the paired grads-in-forward path runs (see the ``fuse_pairs`` argument)."""
         if self.fuse_pairs is False or pairs == 0:
             return False
-        return self.fuse_pairs is True or 4 * rows * vocab <= _PAIR_AUTO_MAX_BYTES
+        held = rows if 4 * rows * vocab <= _PAIR_HOLD_BYTES else max(rows_w, rows - rows_w)
+        return self.fuse_pairs is True or 4 * held * vocab <= _PAIR_AUTO_MAX_BYTES
 
     def _reference(
         self,
