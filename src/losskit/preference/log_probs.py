@@ -479,15 +479,18 @@ class LinearDPOLoss(_LinearPreference):
         beta, loss_type, label_smoothing, **dpo_kwargs: passed to ``dpo_loss`` (``reduction``,
             ``loss_weights``, ...).
         ignore_index, temperature, chunk_size: as in :func:`linear_log_probs`.
-        fuse_pairs: compute the gradients during the forward pass, one group of whole pairs at a
-            time: a pair's loss depends only on that pair, so each row costs the three matrix
-            products of eager autograd instead of four, for holding the float32 logits of at least
-            one pair (``4 (Tw + Tl) V`` bytes; groups of pairs up to 48 MiB). That path supports one
-            backward per forward. ``None`` (default): when the loss allows it (``reduction`` 'mean'
-            or 'sum' without ``normalizer``; per-pair loss types: not ``aot`` / ``aot_pair``, and
-            ``bco_pair`` only with ``reward_baseline``) and one pair's logits take at most 256 MiB;
-            ``False``: always :func:`linear_log_probs` (``(C, V)`` chunks, logits recomputed in
-            backward, any reduction); ``True``: whenever the loss allows it.
+        fuse_pairs: compute the gradients during the forward pass, pair by pair: a pair's loss
+            depends only on that pair, so its logits are formed, the pair losses and their
+            gradients w.r.t. the sequence log-probs computed, and the logits contracted into the
+            gradients at once. When one pair's float32 logits take at most 96 MiB, groups of whole
+            pairs (up to 48 MiB) are held: three matrix products per row, as eager autograd. Beyond,
+            only one chosen completion's logits are held and the rejected one's are formed twice
+            (``4 max(Tw, Tl) V`` bytes; seven products per pair of rows instead of six). That path
+            supports one backward per forward. ``None`` (default): when the loss allows it
+            (``reduction`` 'mean' or 'sum' without ``normalizer``; per-pair loss types: not ``aot`` /
+            ``aot_pair``, and ``bco_pair`` only with ``reward_baseline``) and what is held takes at
+            most 256 MiB; ``False``: always :func:`linear_log_probs` (``(C, V)`` chunks, logits
+            recomputed in backward, any reduction); ``True``: whenever the loss allows it.
 
     Shapes: ``chosen_hidden (B, Tw, H)``, ``rejected_hidden (B, Tl, H)``, ``weight (V, H)``,
     ``chosen_target (B, Tw)``, ``rejected_target (B, Tl)``; both completions run through one kernel
