@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install losskit with its dev extras into the repository's own .venv (created if missing, whatever
-# environment is active) and run ruff and the whole test suite. torch comes from PyTorch's CPU wheel
-# index unless the venv already has it; TORCH_INDEX_URL= (empty) leaves the choice to pip's configuration.
+# environment is active) and run ruff and the whole test suite. torch comes from pip's configuration,
+# or from TORCH_INDEX_URL when set (https://download.pytorch.org/whl/cpu: the CPU build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_venv.sh
