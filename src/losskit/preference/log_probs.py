@@ -249,6 +249,7 @@ class _LinearPreference(nn.Module):
         temperature: float = 1.0,
         chunk_size: int | None = None,
         fuse_pairs: bool | None = None,
+        loss_kwargs: dict[str, Any] | None = None,
     ):
         super().__init__()
         _check_options(ignore_index, temperature, chunk_size)
@@ -258,6 +259,7 @@ class _LinearPreference(nn.Module):
         self.temperature = float(temperature)
         self.chunk_size = chunk_size
         self.fuse_pairs = fuse_pairs
+        self.loss_kwargs = dict(loss_kwargs or {})  # passed on to the loss function
 
     def _sequences(
         self,
@@ -381,7 +383,7 @@ class _LinearPreference(nn.Module):
         and ``fuse_pairs`` allows it, else through :func:`linear_log_probs` (logits recomputed in
         backward). ``loss_of(s_w, s_l, pairs, reduction='none')`` must give the losses of ``pairs``."""
         (_, hw, yw), (_, hl, yl) = named
-        kwargs = self._loss_kwargs()
+        kwargs = self.loss_kwargs
         reduction = kwargs.get("reduction", "mean")
         separable = separable and reduction in ("mean", "sum") and kwargs.get("normalizer") is None
         if (
@@ -401,9 +403,6 @@ class _LinearPreference(nn.Module):
             )
         sw, sl = self._sequences(named, weight, bias)
         return loss_of(sw, sl)
-
-    def _loss_kwargs(self) -> dict[str, Any]:
-        return {}
 
     def _can_fuse_pairs(self, pairs: int, rows_w: int, rows: int, vocab: int) -> bool:
         """Whether the paired grads-in-forward path runs (see the ``fuse_pairs`` argument)."""
@@ -520,14 +519,10 @@ class LinearDPOLoss(_LinearPreference):
         fuse_pairs: bool | None = None,
         **dpo_kwargs: Any,
     ) -> None:
-        super().__init__(ignore_index, temperature, chunk_size, fuse_pairs)
+        super().__init__(ignore_index, temperature, chunk_size, fuse_pairs, dpo_kwargs)
         self.beta = beta
         self.loss_type = loss_type
         self.label_smoothing = label_smoothing
-        self.dpo_kwargs = dpo_kwargs
-
-    def _loss_kwargs(self) -> dict[str, Any]:
-        return self.dpo_kwargs
 
     def forward(
         self,
@@ -554,7 +549,7 @@ class LinearDPOLoss(_LinearPreference):
             ref_weight,
             ref_bias,
         )
-        kw = self.dpo_kwargs
+        kw = self.loss_kwargs
 
         def loss_of(
             pw: torch.Tensor, pl: torch.Tensor, pairs: slice = slice(None), **over: Any
@@ -583,9 +578,36 @@ class LinearDPOLoss(_LinearPreference):
 
 
 class _LinearPairNoReference(_LinearPreference):
-    """Reference-free pairwise losses on length-averaged log-probs (SimPO, ORPO)."""
+    """Reference-free pairwise losses on length-averaged log-probs (SimPO, ORPO): subclasses give the
+    loss of the pairs' averaged log-probs (:meth:`_pair_loss`) and whether it is a plain mean or sum
+    of per-pair terms (:meth:`_separable`)."""
 
     average = True
+
+    def _pair_loss(self, avg_w: torch.Tensor, avg_l: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _separable(self) -> bool:
+        return True
+
+    def forward(
+        self,
+        chosen_hidden: torch.Tensor,
+        rejected_hidden: torch.Tensor,
+        weight: torch.Tensor,
+        chosen_target: torch.Tensor,
+        rejected_target: torch.Tensor,
+        bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        named = [("chosen", chosen_hidden, chosen_target), ("rejected", rejected_hidden, rejected_target)]
+        self._check_sequences(named, weight, bias, "weight")
+
+        def loss_of(
+            aw: torch.Tensor, al: torch.Tensor, pairs: slice = slice(None), **over: Any
+        ) -> torch.Tensor:
+            return self._pair_loss(aw, al, **{**self.loss_kwargs, **over})
+
+        return self._pair_or_sequences(named, weight, bias, loss_of, self._separable())
 
 
 class LinearSimPOLoss(_LinearPairNoReference):
@@ -617,32 +639,11 @@ class LinearSimPOLoss(_LinearPairNoReference):
         fuse_pairs: bool | None = None,
         **simpo_kwargs: Any,
     ) -> None:
-        super().__init__(ignore_index, temperature, chunk_size, fuse_pairs)
+        super().__init__(ignore_index, temperature, chunk_size, fuse_pairs, simpo_kwargs)
         self.beta, self.gamma, self.label_smoothing = beta, gamma, label_smoothing
-        self.simpo_kwargs = simpo_kwargs
 
-    def _loss_kwargs(self) -> dict[str, Any]:
-        return self.simpo_kwargs
-
-    def forward(
-        self,
-        chosen_hidden: torch.Tensor,
-        rejected_hidden: torch.Tensor,
-        weight: torch.Tensor,
-        chosen_target: torch.Tensor,
-        rejected_target: torch.Tensor,
-        bias: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        named = [("chosen", chosen_hidden, chosen_target), ("rejected", rejected_hidden, rejected_target)]
-        self._check_sequences(named, weight, bias, "weight")
-
-        def loss_of(
-            aw: torch.Tensor, al: torch.Tensor, pairs: slice = slice(None), **over: Any
-        ) -> torch.Tensor:
-            kw = {**self.simpo_kwargs, **over}
-            return simpo_loss(aw, al, self.beta, self.gamma, self.label_smoothing, **kw)
-
-        return self._pair_or_sequences(named, weight, bias, loss_of, True)
+    def _pair_loss(self, avg_w: torch.Tensor, avg_l: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return simpo_loss(avg_w, avg_l, self.beta, self.gamma, self.label_smoothing, **kwargs)
 
 
 class LinearORPOLoss(_LinearPairNoReference):
@@ -671,32 +672,14 @@ class LinearORPOLoss(_LinearPairNoReference):
         fuse_pairs: bool | None = None,
         **orpo_kwargs: Any,
     ) -> None:
-        super().__init__(ignore_index, temperature, chunk_size, fuse_pairs)
+        super().__init__(ignore_index, temperature, chunk_size, fuse_pairs, orpo_kwargs)
         self.beta = beta
-        self.orpo_kwargs = orpo_kwargs
 
-    def _loss_kwargs(self) -> dict[str, Any]:
-        return self.orpo_kwargs
+    def _pair_loss(self, avg_w: torch.Tensor, avg_l: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return orpo_loss(avg_w, avg_l, self.beta, **kwargs)
 
-    def forward(
-        self,
-        chosen_hidden: torch.Tensor,
-        rejected_hidden: torch.Tensor,
-        weight: torch.Tensor,
-        chosen_target: torch.Tensor,
-        rejected_target: torch.Tensor,
-        bias: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        named = [("chosen", chosen_hidden, chosen_target), ("rejected", rejected_hidden, rejected_target)]
-        self._check_sequences(named, weight, bias, "weight")
-
-        def loss_of(
-            aw: torch.Tensor, al: torch.Tensor, pairs: slice = slice(None), **over: Any
-        ) -> torch.Tensor:
-            return orpo_loss(aw, al, self.beta, **{**self.orpo_kwargs, **over})
-
-        # a user-given chosen_nll couples the pairs to it: plain path
-        return self._pair_or_sequences(named, weight, bias, loss_of, "chosen_nll" not in self.orpo_kwargs)
+    def _separable(self) -> bool:
+        return "chosen_nll" not in self.loss_kwargs  # a given chosen_nll couples the pairs: plain path
 
 
 class LinearKTOLoss(_LinearPreference):
@@ -732,10 +715,9 @@ class LinearKTOLoss(_LinearPreference):
         chunk_size: int | None = None,
         **kto_kwargs: Any,
     ) -> None:
-        super().__init__(ignore_index, temperature, chunk_size)
+        super().__init__(ignore_index, temperature, chunk_size, loss_kwargs=kto_kwargs)
         self.beta = beta
         self.desirable_weight, self.undesirable_weight = desirable_weight, undesirable_weight
-        self.kto_kwargs = kto_kwargs
 
     def forward(
         self,
@@ -775,7 +757,7 @@ class LinearKTOLoss(_LinearPreference):
             desirable_weight=self.desirable_weight,
             undesirable_weight=self.undesirable_weight,
             kl=kl,
-            **self.kto_kwargs,
+            **self.loss_kwargs,
         )
 
     def extra_repr(self) -> str:
