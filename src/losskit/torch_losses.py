@@ -442,7 +442,24 @@ def _check_triplet_options(margin: float, p: float, eps: float, swap: bool) -> N
 # ----------------------------------------------------------------------------- modules
 
 
-class MSELoss(nn.MSELoss):
+class _PairwiseReduction(nn.Module):
+    """Shared module body of the element-wise ``(input, target)`` losses whose only option is
+    ``reduction``: ``forward`` calls the class's functional ``_fn``."""
+
+    _fn: Callable[..., torch.Tensor]
+    reduction: str
+
+    def __init__(self, *, reduction: str = "mean") -> None:
+        super().__init__(reduction=check_reduction(reduction))  # type: ignore[call-arg]
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return type(self)._fn(input, target, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"
+
+
+class MSELoss(_PairwiseReduction, nn.MSELoss):
     """Module form of :func:`mse_loss` (a :class:`torch.nn.MSELoss`).
 
     Example:
@@ -450,17 +467,10 @@ class MSELoss(nn.MSELoss):
         tensor(4.6250)
     """
 
-    def __init__(self, *, reduction: str = "mean") -> None:
-        super().__init__(reduction=check_reduction(reduction))
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return mse_loss(input, target, reduction=self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}"
+    _fn = staticmethod(mse_loss)
 
 
-class L1Loss(nn.L1Loss):
+class L1Loss(_PairwiseReduction, nn.L1Loss):
     """Module form of :func:`l1_loss` (a :class:`torch.nn.L1Loss`).
 
     Example:
@@ -468,14 +478,7 @@ class L1Loss(nn.L1Loss):
         tensor(3.5000)
     """
 
-    def __init__(self, *, reduction: str = "mean") -> None:
-        super().__init__(reduction=check_reduction(reduction))
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return l1_loss(input, target, reduction=self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}"
+    _fn = staticmethod(l1_loss)
 
 
 class BCELoss(nn.BCELoss):
