@@ -509,11 +509,12 @@ def focal_loss(
         ce = F.cross_entropy(x, target, ignore_index=-100 if ignore is None else ignore, reduction="none")
         mod = _pow_modulator(-torch.expm1(-ce), g)  # (1 - p_y)^gamma
         loss = ce if mod is None else ce * mod
+        mask = None if ignore is None else target != ignore
         if isinstance(a, torch.Tensor):
-            loss = loss * a[target.long() if ignore is None else torch.where(target != ignore, target, 0).long()]
+            loss = loss * a[(target if mask is None else torch.where(mask, target, 0)).long()]
         elif a != 1.0:
             loss = loss * a
-        return _reduce(loss, reduction, mask=None if ignore is None else target != ignore, normalizer=normalizer)
+        return _reduce(loss, reduction, mask=mask, normalizer=normalizer)
     logp = F.log_softmax(x, dim=1)
     loss, mask, denom = _focal_math(
         logp,
@@ -964,8 +965,11 @@ def asymmetric_loss(
         red = _fused_reduction(reduction, normalizer)
         if asymmetric_supports(input, target, reduction=red):
             out = _fused_asymmetric(input, target, gn, gp, m, red)
-            flag = _plus_inf_marker(input)
-            out = out + (flag if red == "none" else flag.sum())
+            if red == "none":
+                out = out + _plus_inf_marker(input)
+            elif input.numel():
+                # one read-only reduction: NaN when the input holds +inf (or NaN), else 0
+                out = out + input.detach().amax().clamp_min(0.0) * 0.0
             return out if normalizer is None else out / normalizer
     x, t = _binary_cast(input, target)
     loss = _asymmetric_math(x, t, gamma_neg=gn, gamma_pos=gp, clip=m) + _plus_inf_marker(x)
