@@ -600,7 +600,7 @@ def test_fused_modules_pickle_and_deepcopy():
 
 @pytest.mark.parametrize("compact", [True, False])
 def test_paired_path_holding_only_the_chosen_logits_matches_full_logits(monkeypatch, compact):
-    import losskit.preference.log_probs as lp_mod
+    import losskit.preference.fused as lp_mod
 
     monkeypatch.setattr(lp_mod, "_PAIR_HOLD_BYTES", 0)  # hold one chosen completion, stream the rejected
     if not compact:  # the masked (accelerator) row plan, on CPU
