@@ -1,6 +1,7 @@
 """Registry-driven conformance: every name in ``losskit.available()`` against the shared contract.
 
-One small input factory per registered loss (``CASES``); the parametrized tests below check, for every
+One small input factory per registered loss (``CASES``, extended by the ``CASES`` of every
+``tests/cases_<family>.py``, which import ``Case`` and the factories from here); the parametrized tests below check, for every
 loss where it applies (DESIGN.md, definition of done):
 
 - build by name and by config mapping; the name is a row of the README catalog table (8);
@@ -299,6 +300,20 @@ CASES: dict[str, Case] = {
     ),
     "reward_model": Case(lambda d: _pair(d, (6,)), wrt=(0, 1)),
 }
+
+
+def _load_family_cases() -> None:
+    """Merge ``CASES`` from every ``tests/cases_<family>.py`` (each family keeps its factories there)."""
+    import importlib
+
+    for path in sorted(Path(__file__).parent.glob("cases_*.py")):
+        extra = importlib.import_module(path.stem).CASES
+        clash = set(extra) & set(CASES)
+        assert not clash, f"{path.name} redefines the input factories of {sorted(clash)}"
+        CASES.update(extra)
+
+
+_load_family_cases()
 
 NAMES = losskit.available()
 # a registered name without a factory fails test_every_registered_name_has_an_input_factory only
