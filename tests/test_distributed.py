@@ -479,7 +479,7 @@ def test_ddp_batch_dice_with_global_sums_matches_single_process():
 
 
 def _seg_private(name: str) -> Any:
-    import losskit.segmentation as S
+    import losskit.segmentation.overlap as S
 
     return getattr(S, name, None)
 
@@ -497,9 +497,9 @@ def _losskit_dice_run(variant: str) -> dict[str, Any]:
 
 
 def _wire_batch_dice() -> None:
-    """What ``gather_distributed=True`` must do in segmentation.py: with ``batch_dice``, all-reduce the
+    """What ``gather_distributed=True`` must do in segmentation/overlap.py: with ``batch_dice``, all-reduce the
     per-class (TP, FP, FN) batch sums with the differentiable ``global_sum`` before the ratio."""
-    import losskit.segmentation as S
+    import losskit.segmentation.overlap as S
 
     original = S._overlap_stats
 

@@ -1,4 +1,4 @@
-r"""Segmentation losses: Dice, Jaccard (soft IoU), Tversky, focal Tversky, generalized Dice.
+r"""Region-overlap segmentation losses: Dice, Jaccard (soft IoU), Tversky, focal Tversky, generalized Dice.
 
 All of them are built on the same per-class sums, computed once by :func:`_overlap_stats`:
 
@@ -72,7 +72,7 @@ import math
 import torch
 from torch import nn
 
-from ._checks import (
+from .._checks import (
     LossTypeError,
     LossValueError,
     can_read_values,
@@ -89,11 +89,11 @@ from ._checks import (
     shape_str,
     value_range,
 )
-from ._kernels._compile import use_fused_kernel
-from ._kernels.overlap import class_sums, class_sums_supports
-from ._reduction import reduce_loss, upcast
-from .distributed import ddp_normalizer, global_sum, is_initialized
-from .registry import register
+from .._kernels._compile import use_fused_kernel
+from .._kernels.overlap import class_sums, class_sums_supports
+from .._reduction import reduce_loss, upcast
+from ..distributed import ddp_normalizer, global_sum, is_initialized
+from ..registry import register
 
 __all__ = [
     "DiceLoss",
