@@ -26,6 +26,8 @@ from .preference import __all__ as _preference_all
 from .registry import WeightedSum, aliases, available, build
 from .regression import *
 from .regression import __all__ as _regression_all
+from .rl import *
+from .rl import __all__ as _rl_all
 from .segmentation import *
 from .segmentation import __all__ as _segmentation_all
 from .torch_losses import *
@@ -53,6 +55,7 @@ __all__ = [
     *_multitask_all,
     *_preference_all,
     *_regression_all,
+    *_rl_all,
     *_segmentation_all,
     *_torch_losses_all,
 ]

@@ -8,12 +8,12 @@ the box regression term :func:`~losskit.regression.smooth_l1_loss`; nothing is r
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
+from ._boxes import BOX_FORMATS, box_dims, box_iou_elementwise, check_box_sides
 from ._checks import (
     LossValueError,
     can_read_values,
@@ -46,61 +46,10 @@ __all__ = [
 ]
 
 IOU_KINDS = ("iou", "giou", "diou", "ciou")
-BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
 BOX_LOSSES = ("smooth_l1", "l1", "giou", "diou", "ciou")
 
 
 # ----------------------------------------------------------------------------- box IoU losses
-
-
-def _corners(boxes: torch.Tensor, box_format: str) -> tuple[torch.Tensor, ...]:
-    a, b, c, d = boxes.unbind(-1)
-    if box_format == "xyxy":
-        return a, b, c, d
-    if box_format == "xywh":
-        return a, b, a + c, b + d
-    return a - 0.5 * c, b - 0.5 * d, a + 0.5 * c, b + 0.5 * d
-
-
-def _aspect_angle(w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """CIoU's aspect angle ``atan(w / h)`` of boxes with sides ``w, h >= 0``, as ``atan2(w, h)``.
-
-    Exact, with the exact gradient, when one side is 0 (``atan(w / h)`` gives a NaN gradient at
-    ``h = 0``; clamping the sides at ``eps`` would zero the gradient of the side that is 0). A point
-    box (both sides 0), where the angle has no limit, counts as a square: ``pi / 4``, no gradient.
-    """
-    point = (w == 0) & (h == 0)
-    one = torch.ones_like(w)
-    return torch.atan2(torch.where(point, one, w), torch.where(point, one, h))
-
-
-def _box_iou_elementwise(pred: torch.Tensor, target: torch.Tensor, kind: str, box_format: str, eps: float):
-    x1, y1, x2, y2 = _corners(pred, box_format)
-    x1g, y1g, x2g, y2g = _corners(target, box_format)
-    # relu, not clamp_min(0): an overlap of width exactly 0 gets no gradient (clamp_min passes one
-    # there, ~1 / union, unbounded when the union also goes to 0)
-    inter = torch.relu(torch.minimum(x2, x2g) - torch.maximum(x1, x1g)) * torch.relu(
-        torch.minimum(y2, y2g) - torch.maximum(y1, y1g)
-    )
-    union = (x2 - x1) * (y2 - y1) + (x2g - x1g) * (y2g - y1g) - inter
-    iou = inter / (union + eps)
-    loss = 1.0 - iou
-    if kind == "iou":
-        return loss
-    # smallest enclosing box
-    cw = torch.maximum(x2, x2g) - torch.minimum(x1, x1g)
-    ch = torch.maximum(y2, y2g) - torch.minimum(y1, y1g)
-    if kind == "giou":
-        area_c = cw * ch
-        return loss + (area_c - union) / (area_c + eps)
-    centre = ((x1 + x2) - (x1g + x2g)) ** 2 / 4 + ((y1 + y2) - (y1g + y2g)) ** 2 / 4
-    loss = loss + centre / (cw * cw + ch * ch + eps)
-    if kind == "diou":
-        return loss
-    v = (4.0 / math.pi**2) * (_aspect_angle(x2g - x1g, y2g - y1g) - _aspect_angle(x2 - x1, y2 - y1)) ** 2
-    with torch.no_grad():
-        alpha = v / (1.0 - iou + v + eps)
-    return loss + alpha * v
 
 
 def box_iou_loss(
@@ -142,10 +91,23 @@ def box_iou_loss(
     boxes are degenerate and the enclosing box has zero area (both on one line), GIoU's
     ``(|C| - |A \cup B|) / |C|`` is ``0 / eps = 0``, and it jumps to its limit within ``~eps`` of it.
 
+    **3-D boxes** ``(..., 6)`` (axis-aligned; e.g. CT / MRI detection): areas become volumes, ``C``
+    is the smallest enclosing cuboid, and ``rho`` and ``c`` are the Euclidean centre distance and the
+    enclosing cuboid's space diagonal -- the definitions of GIoU (Rezatofighi et al. 2019 state it for
+    any dimension) and DIoU (Zheng et al. 2020 define both through distances, not through 2-D
+    quantities), so ``'iou'``, ``'giou'`` and ``'diou'`` are the published losses. CIoU's aspect term
+    ``v`` compares ``atan(w / h)`` of two rectangles and has no standard 3-D form (the 3-D detection
+    literature uses several incompatible extensions), so ``kind='ciou'`` with 3-D boxes raises a
+    :class:`~losskit.LossValueError`. Formats: ``'xyxy'`` / ``'xyzxyz'`` =
+    ``(x1, y1, z1, x2, y2, z2)``, ``'xywh'`` / ``'xyzwhd'`` = ``(x1, y1, z1, w, h, d)``, ``'cxcywh'``
+    / ``'cxcyczwhd'`` = ``(cx, cy, cz, w, h, d)`` (the 3-D names, MONAI's spelling, require 6
+    coordinates).
+
     Args:
-        pred, target: boxes ``(..., 4)`` in ``box_format``: ``'xyxy'`` (corners), ``'xywh'``
-            (top-left corner, width, height) or ``'cxcywh'`` (centre, width, height).
-        kind: ``'iou' | 'giou' | 'diou' | 'ciou'``.
+        pred, target: boxes ``(..., 4)`` (2-D) or ``(..., 6)`` (3-D) in ``box_format``: ``'xyxy'``
+            (corners), ``'xywh'`` (top-left corner, width, height) or ``'cxcywh'`` (centre, width,
+            height), or their 3-D names ``'xyzxyz'``, ``'xyzwhd'``, ``'cxcyczwhd'``.
+        kind: ``'iou' | 'giou' | 'diou' | 'ciou'`` (``'ciou'``: 2-D boxes only).
         eps: guards the divisions.
         reduction: ``'none'`` (shape ``(...)``), ``'mean'`` or ``'sum'``.
         weight: per-box weights broadcastable to ``(...)``.
@@ -161,35 +123,14 @@ def box_iou_loss(
         tensor(0.6667)
         >>> box_iou_loss(pred, target, kind="diou")  # + centre distance^2 / diagonal^2 = 1 / 13
         tensor(0.7436)
+        >>> cube = torch.tensor([[0.0, 0.0, 0.0, 2.0, 2.0, 2.0]])  # 3-D: (x1, y1, z1, x2, y2, z2)
+        >>> shifted = torch.tensor([[1.0, 0.0, 0.0, 3.0, 2.0, 2.0]])  # IoU = 4 / 12
+        >>> box_iou_loss(cube, shifted, kind="diou")  # + 1 / (3^2 + 2^2 + 2^2)
+        tensor(0.7255)
     """
     return _box_iou(
         pred, target, kind, box_format, eps, reduction, weight, mask, normalizer, ("pred", "target")
     )
-
-
-def _check_box_sides(name: str, boxes: torch.Tensor, box_format: str, mask: torch.Tensor | None) -> None:
-    """Boxes must not be inverted: ``x1 <= x2, y1 <= y2`` (``'xyxy'``) or ``w, h >= 0``; a value check.
-
-    Rows where ``mask`` is False are not checked (they may hold anything).
-    """
-    if boxes.numel() == 0 or not can_read_values(boxes, mask):
-        return
-    if box_format == "xyxy":
-        width, height = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
-        sides = ("x2 < x1", "y2 < y1", "x1 <= x2 and y1 <= y2")
-    else:
-        width, height = boxes[..., 2], boxes[..., 3]
-        sides = ("a negative width", "a negative height", "w >= 0 and h >= 0")
-    bad = (width < 0) | (height < 0)
-    if mask is not None:
-        bad = bad & mask
-    if bool(bad.any()):
-        index = tuple(int(i) for i in bad.nonzero()[0])
-        what = sides[0] if bool(width[index] < 0) else sides[1]
-        raise LossValueError(
-            f"{name} has a box with {what} at index {index}: {boxes[index].tolist()}; "
-            f"{box_format!r} boxes need {sides[2]}"
-        )
 
 
 def _box_iou(
@@ -214,9 +155,14 @@ def _box_iou(
     check_floating(pn, pred)
     check_floating(tn, target)
     check_same_device((pn, pred), (tn, target), ("weight", weight), ("mask", mask))
-    if pred.dim() == 0 or pred.shape[-1] != 4:
-        raise LossValueError(f"{pn} has shape {shape_str(pred.shape)}, expected (..., 4): one box per row")
+    dims = box_dims(pn, pred, box_format)
     check_same_shape(tn, target, pn, pred)
+    if dims == 3 and kind == "ciou":
+        raise LossValueError(
+            f"kind='ciou' is defined for 2-D boxes only ({pn} has shape {shape_str(pred.shape)}): its "
+            "aspect-ratio term atan(w / h) has no standard 3-D form; use kind='diou' (or 'giou', 'iou') "
+            "for 3-D boxes"
+        )
     if weight is not None:
         check_floating("weight", weight)
         check_broadcastable("weight", weight, f"{pn}'s boxes", pred[..., 0])
@@ -225,10 +171,10 @@ def _box_iou(
         if mask.dtype != torch.bool:
             raise LossValueError(f"mask must be a bool tensor (True = counts), got dtype {mask.dtype}")
         check_broadcastable("mask", mask, f"{pn}'s boxes", pred[..., 0])
-    _check_box_sides(pn, pred, box_format, mask)
-    _check_box_sides(tn, target, box_format, mask)
+    check_box_sides(pn, pred, box_format, mask)
+    check_box_sides(tn, target, box_format, mask)
     p, t = upcast(pred), upcast(target)
-    loss = _box_iou_elementwise(p, t, kind, box_format, float(eps))
+    loss = box_iou_elementwise(p, t, kind, box_format, float(eps))
     w = None if weight is None else weight.to(dtype=loss.dtype)
     return reduce_loss(loss, reduction, weight=w, mask=mask, normalizer=normalizer)
 
@@ -374,9 +320,10 @@ def _detection_terms(
         )
     check_floating("box_preds", box_preds)
     check_floating("box_targets", box_targets)
-    if tuple(box_preds.shape) != (*labels.shape, 4):
+    if tuple(box_preds.shape) != (*labels.shape, 4) and tuple(box_preds.shape) != (*labels.shape, 6):
         raise LossValueError(
-            f"box_preds has shape {shape_str(box_preds.shape)}, expected {shape_str((*labels.shape, 4))}"
+            f"box_preds has shape {shape_str(box_preds.shape)}, expected {shape_str((*labels.shape, 4))} "
+            f"(or {shape_str((*labels.shape, 6))} for 3-D boxes)"
         )
     check_same_shape("box_targets", box_targets, "box_preds", box_preds)
     check_normalizer(normalizer, "mean")
@@ -454,8 +401,9 @@ def detection_loss(
         cls_logits: ``(N, A, C)`` class logits (any leading shape ``(..., C)``).
         labels: ``(N, A)`` integers: a class in ``[0, C)`` = positive anchor, ``C`` = background
             (all-zero focal targets), ``ignore_index`` (default -1) = ignored (no loss at all).
-        box_preds, box_targets: ``(N, A, 4)``: regression targets for ``'smooth_l1'`` / ``'l1'``
-            (summed over the 4 coordinates), boxes in ``box_format`` for ``'giou' | 'diou' | 'ciou'``.
+        box_preds, box_targets: ``(N, A, 4)`` (or ``(N, A, 6)``, 3-D): regression targets for
+            ``'smooth_l1'`` / ``'l1'`` (summed over the coordinates), boxes in ``box_format`` for
+            ``'giou' | 'diou' | 'ciou'``.
             Only positive anchors count; other rows may hold anything finite.
         alpha, gamma: sigmoid focal loss parameters (:func:`~losskit.classification.sigmoid_focal_loss`).
         box_loss: ``'smooth_l1'`` (``beta``, default 0.11 as in Detectron's RetinaNet), ``'l1'``,

@@ -19,6 +19,7 @@ from . import language as _language
 from . import multitask as _multitask
 from . import preference as _preference
 from . import regression as _regression
+from . import rl as _rl
 from . import segmentation as _segmentation
 from . import torch_losses as _torch_losses
 
@@ -33,6 +34,7 @@ for _mod in (
     _multitask,
     _preference,
     _regression,
+    _rl,
     _segmentation,
     _torch_losses,
 ):
