@@ -43,18 +43,31 @@ Common rules:
 from __future__ import annotations
 
 from . import angular as _angular
+from . import contrastive as _contrastive
 from . import ntxent as _ntxent
 from . import pairs as _pairs
+from . import selfsupervised as _selfsupervised
 from . import triplet as _triplet
 
 # internal building blocks, kept importable from the package (tests and DDP wiring use them)
 from ._common import _distance_matrix, _pair_masks, _paired_distance  # noqa: F401
 from .angular import *  # noqa: F403
+from .contrastive import *  # noqa: F403
 from .ntxent import *  # noqa: F403
 from .ntxent import _nt_xent_terms, _supcon_terms  # noqa: F401
 from .pairs import *  # noqa: F403
 from .pairs import _contrastive_pairs_terms  # noqa: F401
+from .selfsupervised import *  # noqa: F403
 from .triplet import *  # noqa: F403
 from .triplet import _triplet_terms  # noqa: F401
 
-__all__ = sorted([*_pairs.__all__, *_triplet.__all__, *_ntxent.__all__, *_angular.__all__])
+__all__ = sorted(
+    [
+        *_pairs.__all__,
+        *_triplet.__all__,
+        *_ntxent.__all__,
+        *_angular.__all__,
+        *_contrastive.__all__,
+        *_selfsupervised.__all__,
+    ]
+)

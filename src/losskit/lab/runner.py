@@ -42,6 +42,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "multitask": ("multitask", "Multi-task weighting with mismatched loss scales"),
     "large_vocabulary": ("large_vocabulary", "Large-vocabulary cross-entropy memory"),
     "preference": ("preference", "Preference optimisation: prefer the real continuation"),
+    "policy_gradient": ("policy_gradient", "RL policy losses: verifiable reward"),
 }
 
 
