@@ -3,6 +3,8 @@
 - :mod:`losskit.segmentation.overlap`: region overlap (Dice, Jaccard, Tversky, focal Tversky,
   generalized Dice) on per-class sums; the conventions of the family (``mode``, ``from_logits``,
   ``ignore_index``, soft labels, empty masks, reductions, DDP) are described there.
+- :mod:`losskit.segmentation.lovasz`: Lovász hinge and Lovász-Softmax (the Jaccard index through
+  its Lovász extension).
 
 Every public name is re-exported here, so ``losskit.segmentation.dice_loss`` and
 ``from losskit.segmentation import DiceLoss`` keep working.
@@ -10,7 +12,9 @@ Every public name is re-exported here, so ``losskit.segmentation.dice_loss`` and
 
 from __future__ import annotations
 
+from . import lovasz as _lovasz
 from . import overlap as _overlap
+from .lovasz import *  # noqa: F403
 from .overlap import *  # noqa: F403
 
-__all__ = [*_overlap.__all__]
+__all__ = [*_overlap.__all__, *_lovasz.__all__]
