@@ -84,7 +84,7 @@ def group_advantages(
     r = _grouped(rewards, group_size)
     centered = r - r.mean(1, keepdim=True)
     if scale == "std":
-        if group_size == 1:
+        if group_size == 1 or r.shape[0] == 0:
             centered = torch.zeros_like(r)
         else:
             std = r.std(1, keepdim=True)
