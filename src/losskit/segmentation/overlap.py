@@ -47,6 +47,24 @@ code. ``LOSSKIT_FUSED_KERNELS=0`` or ``losskit._kernels.fused_kernels(False)`` u
 every size, ``LOSSKIT_FUSED_KERNELS=always`` the kernel at every size (uncompiled below the threshold
 or with ``LOSSKIT_COMPILE_KERNELS=0``). Other modes and dense targets use plain tensor code.
 
+**Options** (keyword-only, every loss of the family):
+
+* ``smooth_nr`` / ``smooth_dr``: separate numerator and denominator smoothing, MONAI's semantics
+  ``(num + smooth_nr) / (den + smooth_dr)`` (MONAI's defaults are ``1e-5`` for both). They replace
+  ``smooth`` (which adds the same constant to both) and cannot be combined with a non-zero
+  ``smooth``; an omitted one falls back to ``smooth``. Empty-target entries still use
+  ``empty_smooth`` for both.
+* ``average='micro'`` (Dice, Jaccard, Tversky, focal Tversky): ``TP``, ``FP``, ``FN`` are pooled over
+  the classes (after ``include_background``; weighted by ``weight`` when given: ``TP = sum_c w_c
+  TP_c``) before the ratio, one value per image (per batch with ``batch_dice``): kornia's default.
+  For multiclass softmax with class-index targets and ``smooth = 0`` the micro Dice index is the
+  mean probability of the true class. The default ``'macro'`` (one ratio per class, then the mean)
+  is unchanged; ``reduction='none'`` returns ``(N,)`` (0-dim with ``batch_dice``) for ``'micro'``.
+* ``mask=``: a per-pixel bool tensor ``(N, d1, ...)`` or ``(N, 1, d1, ...)`` (MONAI's masked Dice);
+  positions where it is False leave every sum, for prediction and target alike (the same as
+  ``ignore_index``, and usable with dense targets). An image with no position left gives the
+  empty-mask value. Modules take it in ``forward(input, target, mask=None)``.
+
 **Reduction**: the per-(image, class) losses ``(N, C)`` (``(C,)`` with ``batch_dice``) are what
 ``reduction='none'`` returns; ``'mean'`` averages them (weighted by the per-class ``weight`` when
 given: ``sum(w_c l_nc) / sum(w_c)`` over entries; MONAI multiplies by the weight and divides by
@@ -67,33 +85,26 @@ the flag changes nothing.
 
 from __future__ import annotations
 
-import math
-
 import torch
-from torch import nn
 
-from .._checks import (
-    LossTypeError,
-    LossValueError,
-    can_read_values,
-    check_choice,
-    check_class_target,
-    check_floating,
-    check_int,
-    check_integer,
-    check_min_ndim,
-    check_number,
-    check_reduction,
-    check_same_device,
-    check_tensor,
-    shape_str,
-    value_range,
-)
-from .._kernels._compile import use_fused_kernel
-from .._kernels.overlap import class_sums, class_sums_supports
-from .._reduction import reduce_loss, upcast
-from ..distributed import ddp_normalizer, global_sum, is_initialized
+from .._checks import check_number, check_reduction
+from .._reduction import reduce_loss
 from ..registry import register
+from ._sums import (
+    _check_options,
+    _check_weight,
+    _check_weight_len,
+    _class_weight,
+    _finish,
+    _global_mean_normalizer,
+    _overlap_stats,
+    _OverlapLoss,
+    _smooth_pair,
+    _smoothed_index,
+)
+
+# generalized Dice lives in its own module; it is part of this family
+from .generalized import GeneralizedDiceLoss, generalized_dice_loss
 
 __all__ = [
     "DiceLoss",
@@ -107,256 +118,6 @@ __all__ = [
     "jaccard_loss",
     "tversky_loss",
 ]
-
-MODES = ("multiclass", "binary", "multilabel")
-
-
-# ----------------------------------------------------------------------------- shared machinery
-
-
-def _check_options(
-    mode: str,
-    smooth: float,
-    eps: float,
-    empty_smooth: float | None,
-    ignore_index: int | None,
-    include_background: bool,
-) -> None:
-    check_choice("mode", mode, MODES)
-    check_number("smooth", smooth, low=0.0)
-    check_number("eps", eps, low=0.0, low_open=True)
-    check_number("empty_smooth", empty_smooth, low=0.0, allow_none=True)
-    check_int("ignore_index", ignore_index, allow_none=True)
-    if not include_background and mode == "binary":
-        raise LossValueError(
-            "include_background=False drops channel 0, but mode='binary' has a single channel; "
-            "keep include_background=True"
-        )
-
-
-def _check_weight(weight: torch.Tensor | None) -> None:
-    if weight is None:
-        return
-    check_floating("weight", weight)
-    if weight.dim() != 1:
-        raise LossValueError(
-            f"weight has shape {shape_str(weight.shape)}, expected (C,): one entry per class"
-        )
-    if can_read_values(weight) and bool((weight < 0).any()):
-        raise LossValueError("weight must be non-negative")
-
-
-def _dense_target(input: torch.Tensor, target: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    if target.shape != input.shape:
-        raise LossValueError(
-            f"target has shape {shape_str(target.shape)}, expected {shape_str(input.shape)} (dense) "
-            f"or {shape_str((input.shape[0], *input.shape[2:]))} (class indices) to match input"
-        )
-    if target.is_complex():
-        raise LossTypeError(f"target must be real, got dtype {target.dtype}")
-    g = target.to(dtype)
-    if can_read_values(g) and g.numel() > 0:
-        lo, hi = value_range(g)
-        if not (lo >= 0.0 and hi <= 1.0):
-            raise LossValueError(f"target must have values in [0, 1], got range [{lo:g}, {hi:g}]")
-    return g
-
-
-def _check_binary_indices(input: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> None:
-    check_integer("target", target)
-    expected = (input.shape[0], *input.shape[2:])
-    if tuple(target.shape) != expected:
-        raise LossValueError(
-            f"target has shape {shape_str(target.shape)}, expected {shape_str(expected)} to match input "
-            f"of shape {shape_str(input.shape)}"
-        )
-    # a (N, 1, ...) input is a 2-class problem for the range check: values 0 and 1
-    check_class_target(input.expand(input.shape[0], 2, *input.shape[2:]), target, ignore_index=ignore_index)
-
-
-def _overlap_stats(
-    input: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    mode: str,
-    from_logits: bool,
-    ignore_index: int | None,
-    include_background: bool,
-    batch_dice: bool,
-    squared: bool = False,
-    gather_distributed: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-class soft ``(TP, FP, FN)``, shape ``(N, C)`` (``(C,)`` with ``batch_dice``).
-
-    ``C`` excludes channel 0 when ``include_background`` is False. Computed in float32 for half
-    inputs. With ``batch_dice`` and ``gather_distributed`` (under an initialised process group) the
-    batch sums are summed over ranks by the differentiable :func:`losskit.distributed.global_sum`.
-    """
-    check_floating("input", input)
-    check_tensor("target", target)
-    check_same_device(("input", input), ("target", target))
-    check_min_ndim("input", input, 3, "(N, C, d1, ...) with at least one spatial dimension")
-    num_classes = input.shape[1]
-    if mode == "binary" and num_classes != 1:
-        raise LossValueError(
-            f"mode='binary' expects input with one channel (N, 1, ...), got shape {shape_str(input.shape)}; "
-            "use mode='multiclass' or 'multilabel' for several channels"
-        )
-    if not include_background and num_classes < 2:
-        raise LossValueError("include_background=False needs at least 2 channels")
-
-    x = upcast(input)
-    dtype = x.dtype
-    # multi-class logits with class indices: the fused kernel (softmax and sums in one pass, softmax
-    # recomputed in backward from the saved logits) whenever it covers the call
-    fused = (
-        use_fused_kernel(input.numel())
-        and mode == "multiclass"
-        and from_logits
-        and class_sums_supports(input, target)
-    )
-    if fused:
-        p = x  # the softmax happens inside the kernel
-    elif from_logits:
-        p = torch.softmax(x, dim=1) if mode == "multiclass" else torch.sigmoid(x)
-    else:
-        if can_read_values(x) and x.numel() > 0:
-            lo, hi = value_range(x)
-            if not (lo >= 0.0 and hi <= 1.0):
-                raise LossValueError(
-                    f"input must hold probabilities in [0, 1] when from_logits=False, got range "
-                    f"[{lo:g}, {hi:g}]"
-                )
-        p = x
-
-    n = input.shape[0]
-    spatial = tuple(range(2, input.dim()))
-    if target.dim() == input.dim() - 1:
-        if mode == "multilabel":
-            raise LossValueError(
-                f"mode='multilabel' needs a dense target of shape {shape_str(input.shape)}, got class "
-                f"indices of shape {shape_str(target.shape)}"
-            )
-        if mode == "binary":
-            _check_binary_indices(input, target, ignore_index)
-        else:
-            check_class_target(input, target, ignore_index=ignore_index)
-        valid = None if ignore_index is None else target != ignore_index
-        if mode == "binary":
-            hit = target == 1
-            g = (hit if valid is None else hit & valid).unsqueeze(1).to(dtype)
-            if valid is not None:
-                p = p * valid.unsqueeze(1).to(dtype)
-            tp, psum, gsum = (p * g).sum(spatial), _power_sum(p, squared, spatial), g.sum(spatial)
-        elif fused:
-            tp, psum, gsum = class_sums(input, target, ignore_index, squared)
-        else:
-            # class indices: TP_c = sum of p_c over the positions labelled c, without a one-hot tensor
-            size = math.prod(input.shape[2:])
-            t = target if valid is None else torch.where(valid, target, torch.zeros_like(target))
-            idx = t.reshape(n, size).long()
-            flat_p = p.reshape(n, num_classes, size)
-            if valid is None:
-                ones = torch.ones((), dtype=dtype, device=x.device).expand(n, size)
-            else:
-                ones = valid.reshape(n, size).to(dtype)
-                flat_p = flat_p * ones.unsqueeze(1)
-            p_true = flat_p.gather(1, idx.unsqueeze(1)).squeeze(1)
-            tp = flat_p.new_zeros(n, num_classes).scatter_add(1, idx, p_true)
-            psum = _power_sum(flat_p, squared, (2,))
-            gsum = torch.zeros(n, num_classes, dtype=dtype, device=x.device).scatter_add(1, idx, ones)
-    else:
-        if ignore_index is not None:
-            raise LossValueError(
-                "ignore_index is only supported with class-index targets; for dense targets "
-                "zero the ignored positions in both input probabilities and target instead"
-            )
-        g = _dense_target(input, target, dtype)
-        if squared:
-            tp = (p * g).sum(spatial)
-            psum = _power_sum(p, True, spatial)
-            gsum = _power_sum(g, True, spatial)
-        else:
-            psum = p.sum(spatial)
-            gsum = g.sum(spatial)
-            # L1 form: exact for hard targets, zero-loss only at p == g for soft ones
-            tp = 0.5 * (psum + gsum - (p - g).abs().sum(spatial))
-
-    if batch_dice:
-        tp, psum, gsum = tp.sum(0), psum.sum(0), gsum.sum(0)
-        if _gather_active(gather_distributed):
-            # one all-reduce; its backward all-reduces the gradients, so with DDP's 1/W averaging
-            # every rank's logits get exactly the gradient of the global-batch Dice
-            tp, psum, gsum = global_sum(torch.stack((tp, psum, gsum.to(tp.dtype)))).unbind(0)
-    if not include_background:
-        tp, psum, gsum = tp[..., 1:], psum[..., 1:], gsum[..., 1:]
-    return tp, psum - tp, gsum - tp
-
-
-def _power_sum(p: torch.Tensor, squared: bool, dims: tuple[int, ...]) -> torch.Tensor:
-    return (p * p).sum(dims) if squared else p.sum(dims)
-
-
-def _smoothed_index(
-    num: torch.Tensor,
-    den: torch.Tensor,
-    empty: torch.Tensor,
-    smooth: float,
-    empty_smooth: float | None,
-    eps: float,
-) -> torch.Tensor:
-    """``(num + s) / max(den + s, eps)`` with ``s = empty_smooth`` on empty-target entries."""
-    if empty_smooth is None or float(empty_smooth) == float(smooth):
-        s: torch.Tensor | float = float(smooth)
-    else:
-        s = torch.full_like(num, float(smooth)).masked_fill(empty, float(empty_smooth))
-    return (num + s) / (den + s).clamp_min(eps)
-
-
-def _class_weight(weight: torch.Tensor | None, include_background: bool, like: torch.Tensor):
-    if weight is None:
-        return None
-    w = weight.to(device=like.device, dtype=like.dtype)
-    return w if include_background else w[1:]
-
-
-def _finish(
-    loss: torch.Tensor,
-    weight: torch.Tensor | None,
-    num_classes: int,
-    include_background: bool,
-    reduction: str,
-    global_mean: bool = False,
-) -> torch.Tensor:
-    if weight is not None and weight.shape[0] != num_classes:
-        raise LossValueError(
-            f"weight has shape {shape_str(weight.shape)}, expected ({num_classes},): one entry per "
-            "input channel"
-        )
-    w = _class_weight(weight, include_background, loss)
-    return reduce_loss(
-        loss, reduction, weight=w, normalizer=_global_mean_normalizer(loss, w, reduction, global_mean)
-    )
-
-
-def _gather_active(gather_distributed: bool) -> bool:
-    return bool(gather_distributed) and is_initialized()
-
-
-def _global_mean_normalizer(
-    loss: torch.Tensor, weight: torch.Tensor | None, reduction: str, global_mean: bool
-) -> torch.Tensor | None:
-    """``normalizer=`` making ``'mean'`` over per-image entries global under DDP (else None).
-
-    The local denominator (entry count, or the sum of the class weights over the entries) is summed
-    over ranks and divided by the world size (:func:`losskit.distributed.ddp_normalizer`): DDP's
-    gradient averaging then gives the gradient of the mean over the global batch.
-    """
-    if reduction != "mean" or not _gather_active(global_mean):
-        return None
-    if weight is None:
-        return ddp_normalizer(loss.numel())
-    return ddp_normalizer(weight.detach().expand_as(loss).sum())
 
 
 def _tversky_family(
@@ -379,13 +140,19 @@ def _tversky_family(
     squared: bool = False,
     gamma: float | None = None,
     gather_distributed: bool = False,
+    smooth_nr: float | None = None,
+    smooth_dr: float | None = None,
+    average: str = "macro",
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``1 - (k TP + s) / (k TP + alpha FP + beta FN + s)`` (optionally ``** (1 / gamma)``).
+    """``1 - (k TP + s_nr) / (k TP + alpha FP + beta FN + s_dr)`` (optionally ``** (1 / gamma)``).
 
     Dice is ``k = 2, alpha = beta = 1``, Jaccard ``k = 1, alpha = beta = 1``, Tversky ``k = 1``.
     """
     check_reduction(reduction)
-    _check_options(mode, smooth, eps, empty_smooth, ignore_index, include_background)
+    _check_options(
+        mode, smooth, eps, empty_smooth, ignore_index, include_background, smooth_nr, smooth_dr, average
+    )
     _check_weight(weight)
     tp, fp, fn = _overlap_stats(
         input,
@@ -397,15 +164,28 @@ def _tversky_family(
         batch_dice=batch_dice,
         squared=squared,
         gather_distributed=gather_distributed,
+        mask=mask,
     )
+    micro = average == "micro"
+    if micro:
+        # pool the classes before the ratio (weighted by the class weights, if any)
+        _check_weight_len(weight, input.shape[1])
+        w = _class_weight(weight, include_background, tp)
+        tp, fp, fn = ((t if w is None else t * w).sum(-1) for t in (tp, fp, fn))
     num = tp_coef * tp
     den = num + alpha * fp + beta * fn
     empty = (tp + fn) <= 0
-    loss = 1.0 - _smoothed_index(num, den, empty, smooth, empty_smooth, eps)
+    loss = 1.0 - _smoothed_index(
+        num, den, empty, _smooth_pair(smooth, smooth_nr, smooth_dr), empty_smooth, eps
+    )
     if gamma is not None:
         # (1 - TI) ** (1 / gamma) has an infinite slope at TI = 1 when gamma > 1: clamp first
         loss = loss.clamp_min(eps) ** (1.0 / float(gamma))
     global_mean = gather_distributed and not batch_dice
+    if micro:
+        return reduce_loss(
+            loss, reduction, normalizer=_global_mean_normalizer(loss, None, reduction, global_mean)
+        )
     return _finish(loss, weight, input.shape[1], include_background, reduction, global_mean)
 
 
@@ -428,6 +208,10 @@ def dice_loss(
     *,
     empty_smooth: float | None = 1.0,
     gather_distributed: bool = False,
+    smooth_nr: float | None = None,
+    smooth_dr: float | None = None,
+    average: str = "macro",
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Soft Dice loss (Milletari et al. 2016, V-Net; Sudre et al. 2017).
 
@@ -480,6 +264,10 @@ def dice_loss(
         reduction=reduction,
         empty_smooth=empty_smooth,
         gather_distributed=gather_distributed,
+        smooth_nr=smooth_nr,
+        smooth_dr=smooth_dr,
+        average=average,
+        mask=mask,
         tp_coef=2.0,
         alpha=1.0,
         beta=1.0,
@@ -502,6 +290,10 @@ def jaccard_loss(
     *,
     empty_smooth: float | None = 1.0,
     gather_distributed: bool = False,
+    smooth_nr: float | None = None,
+    smooth_dr: float | None = None,
+    average: str = "macro",
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Soft Jaccard / IoU loss (Rahman & Wang 2016; Berman et al. 2018 use its Lovász surrogate).
 
@@ -532,6 +324,10 @@ def jaccard_loss(
         reduction=reduction,
         empty_smooth=empty_smooth,
         gather_distributed=gather_distributed,
+        smooth_nr=smooth_nr,
+        smooth_dr=smooth_dr,
+        average=average,
+        mask=mask,
         tp_coef=1.0,
         alpha=1.0,
         beta=1.0,
@@ -555,6 +351,10 @@ def tversky_loss(
     *,
     empty_smooth: float | None = 1.0,
     gather_distributed: bool = False,
+    smooth_nr: float | None = None,
+    smooth_dr: float | None = None,
+    average: str = "macro",
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Tversky loss (Salehi et al. 2017).
 
@@ -588,6 +388,10 @@ def tversky_loss(
         reduction=reduction,
         empty_smooth=empty_smooth,
         gather_distributed=gather_distributed,
+        smooth_nr=smooth_nr,
+        smooth_dr=smooth_dr,
+        average=average,
+        mask=mask,
         tp_coef=1.0,
         alpha=float(alpha),
         beta=float(beta),
@@ -612,6 +416,10 @@ def focal_tversky_loss(
     *,
     empty_smooth: float | None = 1.0,
     gather_distributed: bool = False,
+    smooth_nr: float | None = None,
+    smooth_dr: float | None = None,
+    average: str = "macro",
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Focal Tversky loss (Abraham & Khan 2019).
 
@@ -650,6 +458,10 @@ def focal_tversky_loss(
         reduction=reduction,
         empty_smooth=empty_smooth,
         gather_distributed=gather_distributed,
+        smooth_nr=smooth_nr,
+        smooth_dr=smooth_dr,
+        average=average,
+        mask=mask,
         tp_coef=1.0,
         alpha=float(alpha),
         beta=float(beta),
@@ -657,135 +469,7 @@ def focal_tversky_loss(
     )
 
 
-WEIGHT_TYPES = ("square", "simple", "uniform")
-
-
-def generalized_dice_loss(
-    input: torch.Tensor,
-    target: torch.Tensor,
-    mode: str = "multiclass",
-    from_logits: bool = True,
-    smooth: float = 0.0,
-    eps: float = 1e-7,
-    include_background: bool = True,
-    batch_dice: bool = False,
-    ignore_index: int | None = None,
-    weight_type: str = "square",
-    reduction: str = "mean",
-    *,
-    empty_smooth: float | None = 1.0,
-    gather_distributed: bool = False,
-) -> torch.Tensor:
-    r"""Generalized Dice loss (Sudre et al. 2017), one value per image (or per batch).
-
-    .. math::
-        \ell_n = 1 - \frac{2 \sum_c w_c\,TP_{nc} + s}{\sum_c w_c \big(\sum_i p_{nic} + \sum_i g_{nic}\big) + s},
-        \qquad w_c = 1 / \big(\sum_i g_{nic}\big)^2
-
-    (``weight_type='simple'``: ``1 / sum(g)``; ``'uniform'``: 1). The weights are constants (no
-    gradient). A class absent from the target has an infinite weight; like MONAI it is replaced by
-    the largest finite weight of that image. When no class is present (empty target, or all
-    positions ignored) every weight is 1 and ``empty_smooth`` is the smoothing, so the loss is
-    ``P / (P + empty_smooth)`` (MONAI gives 0 there, whatever is predicted).
-
-    ``reduction='none'`` returns ``(N,)`` (a 0-d tensor with ``batch_dice``). Other arguments as in
-    :func:`dice_loss`.
-
-    Example:
-        >>> probs = torch.tensor([[[1.0, 0.0, 0.5, 0.5]]])
-        >>> generalized_dice_loss(probs, torch.tensor([[1, 1, 0, 0]]), "binary", from_logits=False)
-        tensor(0.5000)
-    """
-    check_reduction(reduction)
-    _check_options(mode, smooth, eps, empty_smooth, ignore_index, include_background)
-    check_choice("weight_type", weight_type, WEIGHT_TYPES)
-    tp, fp, fn = _overlap_stats(
-        input,
-        target,
-        mode=mode,
-        from_logits=from_logits,
-        ignore_index=ignore_index,
-        include_background=include_background,
-        batch_dice=batch_dice,
-        gather_distributed=gather_distributed,
-    )
-    gsum = (tp + fn).detach()
-    present = gsum > 0
-    if weight_type == "uniform":
-        w = torch.ones_like(gsum)
-    else:
-        g = gsum * gsum if weight_type == "square" else gsum
-        w = torch.where(present, 1.0 / torch.where(present, g, torch.ones_like(g)), torch.zeros_like(g))
-        finite = torch.isfinite(w) & present
-        w = torch.where(finite, w, torch.zeros_like(w))
-        w = torch.where(finite, w, w.amax(dim=-1, keepdim=True))
-    none_present = ~present.any(dim=-1, keepdim=True)
-    w = torch.where(none_present, torch.ones_like(w), w)
-    num = 2.0 * (w * tp).sum(-1)
-    den = (w * (2.0 * tp + fp + fn)).sum(-1)
-    loss = 1.0 - _smoothed_index(num, den, none_present.squeeze(-1), smooth, empty_smooth, eps)
-    global_mean = gather_distributed and not batch_dice
-    return reduce_loss(
-        loss, reduction, normalizer=_global_mean_normalizer(loss, None, reduction, global_mean)
-    )
-
-
 # ----------------------------------------------------------------------------- modules
-
-
-class _OverlapLoss(nn.Module):
-    """Stores the options shared by the overlap losses; ``weight`` is a buffer."""
-
-    weight: torch.Tensor | None
-
-    def __init__(
-        self,
-        mode: str = "multiclass",
-        from_logits: bool = True,
-        smooth: float = 0.0,
-        eps: float = 1e-7,
-        include_background: bool = True,
-        batch_dice: bool = False,
-        ignore_index: int | None = None,
-        weight: torch.Tensor | None = None,
-        reduction: str = "mean",
-        empty_smooth: float | None = 1.0,
-        gather_distributed: bool = False,
-    ) -> None:
-        super().__init__()
-        _check_options(mode, smooth, eps, empty_smooth, ignore_index, include_background)
-        self.reduction = check_reduction(reduction)
-        if weight is not None and not isinstance(weight, torch.Tensor):
-            weight = torch.as_tensor(weight, dtype=torch.get_default_dtype())
-        _check_weight(weight)
-        self.mode = mode
-        self.from_logits = bool(from_logits)
-        self.smooth = float(smooth)
-        self.eps = float(eps)
-        self.include_background = bool(include_background)
-        self.batch_dice = bool(batch_dice)
-        self.ignore_index = ignore_index
-        self.empty_smooth = None if empty_smooth is None else float(empty_smooth)
-        self.gather_distributed = bool(gather_distributed)
-        self.register_buffer("weight", weight)
-
-    def _common(self) -> dict:
-        return {
-            "mode": self.mode,
-            "from_logits": self.from_logits,
-            "smooth": self.smooth,
-            "eps": self.eps,
-            "include_background": self.include_background,
-            "batch_dice": self.batch_dice,
-            "ignore_index": self.ignore_index,
-            "weight": self.weight,
-            "reduction": self.reduction,
-            "empty_smooth": self.empty_smooth,
-            "gather_distributed": self.gather_distributed,
-        }
-
-    def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, batch_dice={self.batch_dice}, reduction={self.reduction!r}"
 
 
 class DiceLoss(_OverlapLoss):
@@ -801,8 +485,10 @@ class DiceLoss(_OverlapLoss):
         super().__init__(*args, **kwargs)
         self.squared = bool(squared)
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return dice_loss(input, target, squared=self.squared, **self._common())
+    def forward(
+        self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return dice_loss(input, target, squared=self.squared, **self._common(mask))
 
 
 class JaccardLoss(_OverlapLoss):
@@ -813,8 +499,10 @@ class JaccardLoss(_OverlapLoss):
         tensor(0.)
     """
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return jaccard_loss(input, target, **self._common())
+    def forward(
+        self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return jaccard_loss(input, target, **self._common(mask))
 
 
 class TverskyLoss(_OverlapLoss):
@@ -831,8 +519,10 @@ class TverskyLoss(_OverlapLoss):
         self.alpha = float(check_number("alpha", alpha, low=0.0))
         self.beta = float(check_number("beta", beta, low=0.0))
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return tversky_loss(input, target, alpha=self.alpha, beta=self.beta, **self._common())
+    def forward(
+        self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return tversky_loss(input, target, alpha=self.alpha, beta=self.beta, **self._common(mask))
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, beta={self.beta}, {super().extra_repr()}"
@@ -860,71 +550,14 @@ class FocalTverskyLoss(_OverlapLoss):
         self.beta = float(check_number("beta", beta, low=0.0))
         self.gamma = float(check_number("gamma", gamma, low=0.0, low_open=True))
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return focal_tversky_loss(
-            input, target, alpha=self.alpha, beta=self.beta, gamma=self.gamma, **self._common()
-        )
+    def forward(
+        self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        kw = self._common(mask)
+        return focal_tversky_loss(input, target, alpha=self.alpha, beta=self.beta, gamma=self.gamma, **kw)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, {super().extra_repr()}"
-
-
-class GeneralizedDiceLoss(nn.Module):
-    """Module form of :func:`generalized_dice_loss`.
-
-    Example:
-        >>> GeneralizedDiceLoss(mode="binary", from_logits=False)(
-        ...     torch.tensor([[[1.0, 0.0, 0.5, 0.5]]]), torch.tensor([[1, 1, 0, 0]]))
-        tensor(0.5000)
-    """
-
-    def __init__(
-        self,
-        mode: str = "multiclass",
-        from_logits: bool = True,
-        smooth: float = 0.0,
-        eps: float = 1e-7,
-        include_background: bool = True,
-        batch_dice: bool = False,
-        ignore_index: int | None = None,
-        weight_type: str = "square",
-        reduction: str = "mean",
-        empty_smooth: float | None = 1.0,
-        gather_distributed: bool = False,
-    ) -> None:
-        super().__init__()
-        _check_options(mode, smooth, eps, empty_smooth, ignore_index, include_background)
-        self.reduction = check_reduction(reduction)
-        self.weight_type = check_choice("weight_type", weight_type, WEIGHT_TYPES)
-        self.mode = mode
-        self.from_logits = bool(from_logits)
-        self.smooth = float(smooth)
-        self.eps = float(eps)
-        self.include_background = bool(include_background)
-        self.batch_dice = bool(batch_dice)
-        self.ignore_index = ignore_index
-        self.empty_smooth = None if empty_smooth is None else float(empty_smooth)
-        self.gather_distributed = bool(gather_distributed)
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return generalized_dice_loss(
-            input,
-            target,
-            mode=self.mode,
-            from_logits=self.from_logits,
-            smooth=self.smooth,
-            eps=self.eps,
-            include_background=self.include_background,
-            batch_dice=self.batch_dice,
-            ignore_index=self.ignore_index,
-            weight_type=self.weight_type,
-            reduction=self.reduction,
-            empty_smooth=self.empty_smooth,
-            gather_distributed=self.gather_distributed,
-        )
-
-    def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, weight_type={self.weight_type!r}, reduction={self.reduction!r}"
 
 
 _FAMILY = "segmentation"
@@ -960,12 +593,4 @@ register(
     functional=focal_tversky_loss,
     source="Abraham & Khan 2019",
     notes="(1 - TI)^(1/gamma), gamma=4/3",
-)
-register(
-    "generalized_dice",
-    GeneralizedDiceLoss,
-    family=_FAMILY,
-    functional=generalized_dice_loss,
-    source="Sudre et al. 2017",
-    notes="1/volume^2 class weights; absent classes get the largest finite weight",
 )
