@@ -17,10 +17,14 @@ Old log-probs are ``-inf`` and reference log-probs NaN on the padding, as traine
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
 from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import losskit.distributed as D
@@ -213,3 +217,38 @@ def test_ddp_per_rank_mean_recipe_differs(ddp_results, loss_type):
     ref = _step(loss_type, None, "definition")
     step = _max_diff(ref, _policy_params())
     assert _max_diff(ddp_results[0][loss_type]["naive"], ref) > 0.05 * step
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 6), min_size=1, max_size=7),
+    cuts=st.lists(st.integers(1, 6), max_size=3),
+    loss_type=st.sampled_from(GLOBAL_TYPES),
+    seed=st.integers(0, 1000),
+)
+def test_any_split_sums_to_the_full_batch_loss(lengths, cuts, loss_type, seed):
+    """Value and gradient w.r.t. the log-probs: sum over micro-batches == one call, for any split."""
+    n, width = len(lengths), max(max(lengths), 1)
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+    logps = (-torch.rand(n, width, generator=g, dtype=DT) * 2).requires_grad_(True)
+    old = (logps.detach() + 0.3 * torch.randn(n, width, generator=g, dtype=DT)).masked_fill(~mask, -math.inf)
+    adv = torch.randn(n, generator=g, dtype=DT)
+    kw = {"loss_type": loss_type, "max_len": 6, "epsilon_high": 0.28}
+    full = policy_gradient_loss(logps, old, adv, mask, **kw)
+    (want,) = torch.autograd.grad(full, logps)
+    bounds = sorted({0, n, *(c for c in cuts if c < n)})
+    parts = [list(range(a, b)) for a, b in itertools.pairwise(bounds)]
+    widths = [max([lengths[i] for i in rows] + [1]) for rows in parts]
+    masks = [mask[rows[0] : rows[-1] + 1, :w] for rows, w in zip(parts, widths)]
+    norm = policy_gradient_normalizer(masks, loss_type, max_len=6)
+    total = sum(
+        policy_gradient_loss(
+            logps[rows[0] : rows[-1] + 1, :w], old[rows[0] : rows[-1] + 1, :w], adv[rows[0] : rows[-1] + 1], m,
+            normalizer=norm, **kw,
+        )
+        for rows, w, m in zip(parts, widths, masks)
+    )  # fmt: skip
+    (got,) = torch.autograd.grad(total, logps)
+    torch.testing.assert_close(total, full, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
