@@ -34,8 +34,25 @@ cispo      :math:`1 / N`                             replaces ``N``     valid to
 bnpo       :math:`1 / N`                             error              none (local by definition)
 =========  ======================================  ==================  ============================
 
-:func:`~losskit.rl.policy_gradient_normalizer` computes the global ``Z`` (divided by the DDP world
-size) once per optimisation step; see its docstring for what is and is not layout-invariant.
+:func:`~losskit.rl.policy_gradient_normalizer` computes the global ``Z`` once per optimisation
+step, divided by the DDP world size ``W`` (DDP averages gradients over ranks, i.e. divides by
+``W``; the ``/ W`` in the normaliser cancels it). With it passed to every micro-batch call on
+every rank, what is layout-invariant (same step for one batch, uneven accumulation micro-batches,
+several ranks with different sequence lengths):
+
+- ``dapo``, ``cispo``: everything (the token mean over the step).
+- ``dr_grpo``: everything, provided every call uses the same ``max_len`` (the generation's
+  maximum completion length; the default ``T`` of each call changes with its padding).
+- ``grpo``, ``gspo``: everything. The per-sequence part (the token mean of each sequence, GSPO's
+  sequence ratio) is per sequence by definition and a sequence is never split, so it never
+  depends on the layout; only the mean over sequences needs the global count. Per-sequence
+  normalisation still weighs a token of a long completion less than one of a short completion:
+  that is the objective (the length bias Liu et al. 2025 point out), not a layout effect.
+- ``bnpo``: nothing beyond one call: it is the token mean of each call's own batch by
+  definition, so it fixes its own denominator and ``normalizer=`` raises (use ``dapo``).
+
+Without the normaliser each call uses its own ``B`` / ``N`` (a per-micro-batch mean), and the
+step changes with the layout.
 """
 
 from __future__ import annotations
