@@ -21,4 +21,5 @@ CASES: dict[str, Case] = {
     "lovasz_softmax": Case(
         _multiclass_seg, logits=(0,), module_kw={"per_image": True}, functional_kw={"per_image": True}
     ),
+    "mcc": Case(_binary_seg, logits=(0,)),
 }

@@ -50,14 +50,13 @@ def sums(p, g, valid):
 
 
 def reduce(entries, reduction, weight=None):
+    """The family's reductions: per-class weights scale the entries; ``'mean'`` is ``sum(w l) / sum(w)``."""
+    w = torch.ones_like(entries) if weight is None else weight.double().expand_as(entries)
     if reduction == "none":
-        return entries
+        return entries * w
     if reduction == "sum":
-        return entries.sum()
-    if weight is None:
-        return entries.mean() if entries.numel() else entries.sum() * 0.0
-    w = weight.double().expand_as(entries)
-    return (entries * w).sum() / w.sum()
+        return (entries * w).sum()
+    return (entries * w).sum() / w.sum() if entries.numel() else entries.sum() * 0.0
 
 
 def tversky(

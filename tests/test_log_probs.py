@@ -316,6 +316,7 @@ def test_sequence_log_probs_errors():
 
 # ----------------------------------------------------------------------------- fused preference losses
 
+from losskit._kernels import log_probs as lp_kernels  # noqa: E402
 from losskit.preference import (  # noqa: E402
     LinearDPOLoss,
     LinearKTOLoss,
@@ -627,3 +628,31 @@ def test_paired_path_holding_only_the_chosen_logits_matches_full_logits(monkeypa
         sequence_log_probs(_logits(hl, weight, bb, 0.8), yl, average=True),
     )
     _assert_same_value_and_grads(fused, eager, (hw, hl, weight, bb))
+
+
+def test_pair_bytes_chooses_between_holding_both_completions_and_forming_the_rejected_twice(monkeypatch):
+    hw, hl, weight, bb, yw, yl = _pair_inputs(b=3, tw=3, tl=4)
+    yw[:, 0] = 1
+    rw, rl = torch.full((3,), -8.0, dtype=torch.float64), torch.full((3,), -9.0, dtype=torch.float64)
+    calls = []
+    real = lp_kernels.logits_into
+    monkeypatch.setattr(
+        lp_kernels, "logits_into", lambda z, h, *a: (calls.append(h.shape[0]), real(z, h, *a))
+    )
+    n_w, n_l = int((yw != -100).sum()), int((yl != -100).sum())  # counted rows (the CPU plan skips the rest)
+    # logits rows formed: the rejected completions' twice when a pair may not be held, once when it may
+    for pair_bytes, rows in ((1, n_w + 2 * n_l), (10**9, n_w + n_l)):
+        calls.clear()
+        fused = LinearDPOLoss(fuse_pairs=True, pair_bytes=pair_bytes)(
+            hw, hl, weight, yw, yl, bb, ref_chosen_logps=rw, ref_rejected_logps=rl
+        )
+        assert sum(calls) == rows, calls
+        eager = dpo_loss(
+            sequence_log_probs(_logits(hw, weight, bb), yw),
+            sequence_log_probs(_logits(hl, weight, bb), yl),
+            rw,
+            rl,
+        )
+        _assert_same_value_and_grads(fused, eager, (hw, hl, weight, bb))
+    with pytest.raises(LossValueError, match=r"pair_bytes"):
+        LinearDPOLoss(pair_bytes=0)

@@ -11,9 +11,14 @@
 * ``linear_dpo``, shape ``(P, T, H, V)``: ``P`` preference pairs whose chosen and rejected
   completions have ``T`` counted tokens each (``2 P T`` rows), reference log-probs precomputed.
 
-  - ``losskit``: :class:`losskit.preference.LinearDPOLoss` (``beta = 0.1``, sigmoid);
+  - ``losskit``: :class:`losskit.preference.LinearDPOLoss` (``beta = 0.1``, sigmoid), with the default
+    ``pair_bytes`` (a pair's logits above 96 MiB: the rejected completion's formed twice) and with
+    ``pair_bytes`` raised so both completions' logits are held (three products per row, as eager);
   - ``eager``: logits of both completions, ``log_softmax``, ``gather``, per-sequence sums and
     ``-logsigmoid(beta * margin).mean()`` in plain torch.
+
+* ``linear_dpo_reference_model``: the same pairs with the reference model given by its hidden states
+  and head (a frozen copy with perturbed weights), run under ``no_grad`` by both variants.
 
 One step at the full shapes takes seconds on a CPU, so both cases time at most 10 rounds.
 """
@@ -25,7 +30,7 @@ import torch.nn.functional as F
 
 from .cases import Case, Shape, Variant, register_case
 
-__all__ = ["make_dpo", "make_log_probs"]
+__all__ = ["make_dpo", "make_dpo_reference_model", "make_log_probs"]
 
 _BETA = 0.1
 
@@ -81,6 +86,7 @@ def _dpo_variants() -> list[Variant]:
     from losskit.preference import LinearDPOLoss
 
     fused = LinearDPOLoss(beta=_BETA)
+    held = LinearDPOLoss(beta=_BETA, pair_bytes=2**30)  # both completions' logits held: six products
 
     def eager(hw, hl, w, yw, yl, rw, rl):
         p = hw.shape[0]
@@ -98,7 +104,52 @@ def _dpo_variants() -> list[Variant]:
                 hw, hl, w, yw, yl, ref_chosen_logps=rw, ref_rejected_logps=rl
             ),
         ),
+        Variant(
+            "losskit.LinearDPOLoss(pair_bytes=1 GiB)",
+            "losskit",
+            lambda hw, hl, w, yw, yl, rw, rl: held(
+                hw, hl, w, yw, yl, ref_chosen_logps=rw, ref_rejected_logps=rl
+            ),
+        ),
         Variant("eager (logits, log_softmax, gather, sums, logsigmoid)", "eager", eager),
+    ]
+
+
+def make_dpo_reference_model(shape: Shape, dtype: torch.dtype, seed: int):
+    """``(chosen_hidden, rejected_hidden (P, T, H), weight (V, H), chosen_target, rejected_target (P, T),
+    ref_chosen_hidden, ref_rejected_hidden (P, T, H), ref_weight (V, H))``: the reference model's last
+    hidden states and head instead of its log-probs."""
+    (hw, hl, weight, yw, yl, _, _), wrt = make_dpo(shape, dtype, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    noise = [(0.1 * torch.randn(x.shape, generator=g)).to(dtype) for x in (hw, hl, weight)]
+    return (hw, hl, weight, yw, yl, hw + noise[0], hl + noise[1], weight + noise[2]), wrt
+
+
+def _seq_logps(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    logp = torch.log_softmax((hidden @ weight.T).float(), -1)
+    return logp.gather(2, target.unsqueeze(2)).squeeze(2).sum(1)
+
+
+def _dpo_reference_variants() -> list[Variant]:
+    from losskit.preference import LinearDPOLoss
+
+    fused = LinearDPOLoss(beta=_BETA)
+
+    def eager(hw, hl, w, yw, yl, rhw, rhl, rw):
+        with torch.no_grad():
+            ref_w, ref_l = _seq_logps(rhw, rw, yw), _seq_logps(rhl, rw, yl)
+        margin = (_seq_logps(hw, w, yw) - ref_w) - (_seq_logps(hl, w, yl) - ref_l)
+        return -F.logsigmoid(_BETA * margin).mean()
+
+    return [
+        Variant(
+            "losskit.LinearDPOLoss (reference hidden states)",
+            "losskit",
+            lambda hw, hl, w, yw, yl, rhw, rhl, rw: fused(
+                hw, hl, w, yw, yl, ref_chosen_hidden=rhw, ref_rejected_hidden=rhl, ref_weight=rw
+            ),
+        ),
+        Variant("eager (reference logits under no_grad, then as linear_dpo)", "eager", eager),
     ]
 
 
@@ -124,6 +175,18 @@ register_case(
         [],
         note="P pairs x T tokens per completion (2 P T rows), hidden size H, vocabulary V; reference "
         "log-probs precomputed",
+        max_repeat=10,
+    )
+)
+register_case(
+    Case(
+        "linear_dpo_reference_model",
+        make_dpo_reference_model,
+        (4, 512, 1024, 32000),
+        (2, 8, 32, 128),
+        _dpo_reference_variants,
+        [],
+        note="as linear_dpo, with the reference model's hidden states and head (forward only, no_grad)",
         max_repeat=10,
     )
 )

@@ -5,6 +5,7 @@
   ``ignore_index``, soft labels, empty masks, reductions, DDP) are described there.
 - :mod:`losskit.segmentation.lovasz`: Lovász hinge and Lovász-Softmax (the Jaccard index through
   its Lovász extension).
+- :mod:`losskit.segmentation.mcc`: Matthews correlation loss (binary / multi-label).
 
 Every public name is re-exported here, so ``losskit.segmentation.dice_loss`` and
 ``from losskit.segmentation import DiceLoss`` keep working.
@@ -13,8 +14,10 @@ Every public name is re-exported here, so ``losskit.segmentation.dice_loss`` and
 from __future__ import annotations
 
 from . import lovasz as _lovasz
+from . import mcc as _mcc
 from . import overlap as _overlap
 from .lovasz import *  # noqa: F403
+from .mcc import *  # noqa: F403
 from .overlap import *  # noqa: F403
 
-__all__ = [*_overlap.__all__, *_lovasz.__all__]
+__all__ = [*_overlap.__all__, *_lovasz.__all__, *_mcc.__all__]
