@@ -425,6 +425,17 @@ def test_ratio_far_outside_the_clip_range_is_finite(loss_type, shift):
         assert (g == 0).all()
 
 
+@pytest.mark.parametrize("loss_type", PPO_TYPES)
+def test_no_gradient_through_a_clamped_log_ratio(loss_type):
+    """A log-ratio beyond +-20 is clamped: the ratio is a constant there (token or sequence level)."""
+    x = _inputs(18)
+    logps = x["logps"].clone().requires_grad_(True)
+    old = x["old"] - 60.0  # ratios e^60: clamped at e^20
+    loss = policy_gradient_loss(logps, old, -x["adv"].abs(), x["mask"], loss_type=loss_type)
+    (grad,) = torch.autograd.grad(loss, logps)
+    assert torch.isfinite(loss) and float(loss.detach()) > 0 and (grad == 0).all()
+
+
 def test_kl_is_the_k3_estimator_and_finite_for_any_input():
     logps = torch.tensor([[-1.0, -2.0, -3.0]], dtype=DT)
     ref = torch.tensor([[-1.5, -2.0, 1e5]], dtype=DT)

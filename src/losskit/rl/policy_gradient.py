@@ -310,10 +310,12 @@ def _token_parts(x: _Inputs, opts: _Options) -> TokenParts:
     log_ratio = _clamped(lp - x.old_logps)
     if opts.loss_type == "gspo":
         # GSPO-token (Zheng et al. 2025, eq. 13): s_it = sg(s_i) * pi_it / sg(pi_it), whose value is
-        # the sequence ratio s_i = exp(mean_t log-ratio) and whose gradient is the paper's.
+        # the sequence ratio s_i = exp(mean_t log-ratio) and whose gradient is the paper's; no
+        # gradient where the sequence log-ratio is beyond the clamp, as for the token ratios.
         lengths = m.sum(1, keepdim=True).clamp_min(1).to(lp.dtype)
-        seq = _clamped(torch.where(m, lp - x.old_logps, 0.0).sum(1, keepdim=True) / lengths)
-        log_ratio = seq.detach() + lp - lp.detach()
+        raw = (lp - x.old_logps).sum(1, keepdim=True) / lengths
+        inside = (raw.abs() <= LOG_RATIO_CLAMP).detach()
+        log_ratio = _clamped(raw).detach() + torch.where(inside, lp - lp.detach(), 0.0)
     if opts.loss_type == "cispo":
         # CISPO (MiniMax 2025): -sg(min(r, 1 + eps_high)) * A * log pi
         r = torch.exp(log_ratio).detach()
