@@ -22,4 +22,6 @@ CASES: dict[str, Case] = {
         _multiclass_seg, logits=(0,), module_kw={"per_image": True}, functional_kw={"per_image": True}
     ),
     "mcc": Case(_binary_seg, logits=(0,)),
+    "boundary": Case(_multiclass_seg, logits=(0,)),
+    "hausdorff_dt": Case(_multiclass_seg, logits=(0,)),
 }

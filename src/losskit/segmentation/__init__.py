@@ -5,6 +5,8 @@
   ``ignore_index``, soft labels, empty masks, reductions, DDP) are described there.
 - :mod:`losskit.segmentation.lovasz`: Lovász hinge and Lovász-Softmax (the Jaccard index through
   its Lovász extension).
+- :mod:`losskit.segmentation.distance`: exact distance transform in torch, boundary loss, Hausdorff
+  distance-transform loss.
 - :mod:`losskit.segmentation.mcc`: Matthews correlation loss (binary / multi-label).
 
 Every public name is re-exported here, so ``losskit.segmentation.dice_loss`` and
@@ -13,11 +15,13 @@ Every public name is re-exported here, so ``losskit.segmentation.dice_loss`` and
 
 from __future__ import annotations
 
+from . import distance as _distance
 from . import lovasz as _lovasz
 from . import mcc as _mcc
 from . import overlap as _overlap
+from .distance import *  # noqa: F403
 from .lovasz import *  # noqa: F403
 from .mcc import *  # noqa: F403
 from .overlap import *  # noqa: F403
 
-__all__ = [*_overlap.__all__, *_lovasz.__all__, *_mcc.__all__]
+__all__ = [*_overlap.__all__, *_lovasz.__all__, *_distance.__all__, *_mcc.__all__]
