@@ -17,6 +17,8 @@ from .distillation import *
 from .distillation import __all__ as _distillation_all
 from .embedding import *
 from .embedding import __all__ as _embedding_all
+from .image import *
+from .image import __all__ as _image_all
 from .language import *
 from .language import __all__ as _language_all
 from .multitask import *
@@ -51,6 +53,7 @@ __all__ = [
     *_detection_all,
     *_distillation_all,
     *_embedding_all,
+    *_image_all,
     *_language_all,
     *_multitask_all,
     *_preference_all,

@@ -15,6 +15,7 @@ from . import classification as _classification
 from . import detection as _detection
 from . import distillation as _distillation
 from . import embedding as _embedding
+from . import image as _image
 from . import language as _language
 from . import multitask as _multitask
 from . import preference as _preference
@@ -30,6 +31,7 @@ for _mod in (
     _detection,
     _distillation,
     _embedding,
+    _image,
     _language,
     _multitask,
     _preference,
