@@ -128,7 +128,7 @@ def _run(out: Path, seeds: tuple[int, ...]) -> ExperimentResult:
 
 def test_tiny_run_measures_every_loss_type(tmp_path: Path) -> None:
     res = _run(tmp_path, (0, 1))
-    assert list(res.methods) == list(P.METHODS) == ["grpo", "dr_grpo", "dapo", "gspo"]
+    assert list(res.methods) == list(P.METHODS) == ["grpo", "dr_grpo", "dapo", "gspo", "dr_grpo_std"]
     assert res.baseline == "grpo"
     for m, vals in res.methods.items():
         assert len(vals) == 2 and all(0.0 <= v <= 100.0 for v in vals), m
@@ -141,7 +141,14 @@ def test_tiny_run_measures_every_loss_type(tmp_path: Path) -> None:
     # the warm start is shared: every loss of a seed starts from the same evaluation
     start = res.extra["warm_start"]["success"]
     assert len(start) == 2 and all(0.0 <= v <= 100.0 for v in start)
-    assert "grpo - dr_grpo" in res.conclusion or "Too few seeds" in res.conclusion
+    assert "vs dr_grpo " in res.conclusion and "vs dr_grpo_std " in res.conclusion
+    assert "Liu et al." in res.conclusion
+    for name in (
+        "length of incorrect rollouts during training",
+        "length of correct rollouts during training",
+    ):
+        for m, vals in res.secondary[name][1].items():
+            assert all(math.isnan(v) or 1.0 <= v <= P.T_MAX for v in vals), (name, m)
     assert [f.path for f in res.figures] == ["policy_gradient_curves.png", "policy_gradient_metric.png"]
     for f in res.figures:
         assert (tmp_path / f.path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -165,20 +172,19 @@ def test_same_seed_same_runs_and_seeds_are_independent(tmp_path: Path) -> None:
 
 
 def _final(grpo: list[float], dr_grpo: list[float]) -> dict[str, list[float]]:
-    return {"grpo": grpo, "dr_grpo": dr_grpo, "dapo": grpo, "gspo": grpo}
+    return {"grpo": grpo, "dr_grpo": dr_grpo, "dapo": grpo, "gspo": grpo, "dr_grpo_std": grpo}
 
 
-def test_length_sentence_states_the_measured_direction() -> None:
+def test_length_comparison_states_the_measured_direction() -> None:
     """The claim is called consistent, opposite or not measurable from the paired CI, never assumed."""
-    longer = P._length_sentence("incorrect", _final([7.0, 8.0, 9.1], [6.0, 7.0, 8.0]), [6.0] * 3, True)
-    assert "consistent with" in longer and "3/3 seeds longer under grpo" in longer
-    shorter = P._length_sentence("incorrect", _final([5.0, 6.0, 7.1], [6.0, 7.0, 8.0]), [6.0] * 3, True)
-    assert "the opposite of" in shorter
-    mixed = P._length_sentence("incorrect", _final([7.0, 6.0, 8.0], [6.0, 7.0, 8.0]), [6.0] * 3, True)
-    assert "not measurable here" in mixed
+    longer = P.versus(_final([7.0, 8.0, 9.1], [6.0, 7.0, 8.0]), expect_longer=True)
+    assert "consistent with the claim" in longer and "3/3 seeds longer under grpo" in longer
+    assert "opposite" in P.versus(_final([5.0, 6.0, 7.1], [6.0, 7.0, 8.0]), expect_longer=True)
+    assert "not measurable" in P.versus(_final([7.0, 6.0, 8.0], [6.0, 7.0, 8.0]), expect_longer=True)
     # for correct answers the claim is the other way round: shorter under grpo
-    short_right = P._length_sentence("correct", _final([5.0, 6.0, 7.1], [6.0, 7.0, 8.0]), [6.0] * 3, False)
-    assert "consistent with" in short_right and "shorter" in short_right
+    assert "consistent" in P.versus(_final([5.0, 6.0, 7.1], [6.0, 7.0, 8.0]), expect_longer=False)
     nan = math.nan
-    none_left = P._length_sentence("incorrect", _final([nan, 6.0, nan], [6.0, 7.0, 8.0]), [6.0] * 3, True)
-    assert "Too few seeds" in none_left
+    assert "vs dr_grpo_std +0.00" in P.versus(_final([5.0, 6.0], [6.0, 7.0]), True, "dr_grpo_std")
+    assert "too few seeds" in P.versus(_final([nan, 6.0, nan], [6.0, 7.0, 8.0]), expect_longer=True)
+    kept = P.versus(_final([nan, 7.0, 8.1, 9.0], [6.0, 6.0, 7.0, 8.0]), expect_longer=True)
+    assert "3/3 seeds" in kept  # the seed without incorrect completions under grpo is left out

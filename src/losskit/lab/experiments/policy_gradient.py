@@ -17,7 +17,9 @@ from ..core import ExperimentResult, LabContext, Unavailable, require, rng_for, 
 from ..report import PairedDiff, paired_diff
 
 NAME = "policy_gradient"
-METHODS = ("grpo", "dr_grpo", "dapo", "gspo")
+# dr_grpo_std: the control that changes the normaliser alone (Dr. GRPO's constant, GRPO's std-scaled advantages)
+METHODS = ("grpo", "dr_grpo", "dapo", "gspo", "dr_grpo_std")
+LOSS_TYPE = {"grpo": "grpo", "dr_grpo": "dr_grpo", "dapo": "dapo", "gspo": "gspo", "dr_grpo_std": "dr_grpo"}
 EOS = 0  # tokens 1, 2, 3 add their value; 0 ends the answer
 VOCAB = 4
 PAD = VOCAB  # input-only id: "no token here yet" (and the filler after EOS)
@@ -29,8 +31,15 @@ LR = 1e-3  # Adam, constant, the same for every loss
 SFT_LR = 3e-3
 # clip ranges (lower epsilon, upper epsilon); the papers' values: GRPO / Dr. GRPO 0.2, DAPO clip-higher
 # 0.2 / 0.28, GSPO 3e-4 / 4e-4 on its sequence-level ratio
-CLIP = {"grpo": (0.2, 0.2), "dr_grpo": (0.2, 0.2), "dapo": (0.2, 0.28), "gspo": (3e-4, 4e-4)}
-SCALE = {"grpo": "std", "dr_grpo": "none", "dapo": "std", "gspo": "std"}  # Dr. GRPO drops the std too
+CLIP = {
+    "grpo": (0.2, 0.2),
+    "dr_grpo": (0.2, 0.2),
+    "dapo": (0.2, 0.28),
+    "gspo": (3e-4, 4e-4),
+    "dr_grpo_std": (0.2, 0.2),
+}
+# advantage scale: Dr. GRPO drops the std too
+SCALE = {"grpo": "std", "dr_grpo": "none", "dapo": "std", "gspo": "std", "dr_grpo_std": "std"}
 
 
 def _rl() -> Any:
@@ -173,7 +182,7 @@ def clip_share(logps: torch.Tensor, old: torch.Tensor, mask: torch.Tensor, metho
     completion for gspo (its ratio is exp of the length-mean log-ratio)."""
     lo, hi = CLIP[method]
     log_ratio = torch.where(mask, logps - old, torch.zeros_like(logps))
-    if method == "gspo":
+    if LOSS_TYPE[method] == "gspo":
         ratio = (log_ratio.sum(1) / mask.sum(1)).exp()
     else:
         ratio = log_ratio.exp()[mask]
@@ -211,8 +220,8 @@ def train(
     model = copy.deepcopy(start).train()
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     lo, hi = CLIP[method]
-    loss_kw: dict[str, Any] = {"loss_type": method, "epsilon": lo, "epsilon_high": hi}
-    if method == "dr_grpo":
+    loss_kw: dict[str, Any] = {"loss_type": LOSS_TYPE[method], "epsilon": lo, "epsilon_high": hi}
+    if LOSS_TYPE[method] == "dr_grpo":
         loss_kw["max_len"] = T_MAX
     target = torch.tensor(TARGETS).repeat_interleave(GROUP)
     g = seed_torch(NAME, seed, "rollouts")  # the same random numbers for every method of a seed
@@ -253,35 +262,27 @@ def _ci(d: PairedDiff, digits: int = 2) -> str:
     return f"{d.mean:+.{digits}f} [{d.ci_low:+.{digits}f}, {d.ci_high:+.{digits}f}]"
 
 
-def _length_sentence(
-    what: str, final: dict[str, list[float]], start: list[float], expect_longer: bool
-) -> str:
-    """Where the length of one kind of completion went, per method, and grpo vs dr_grpo (paired) against
-    Liu et al. (2025)'s claim: the per-sequence mean lengthens incorrect answers and shortens correct ones."""
-    finite = {m: [v for v in vals if np.isfinite(v)] for m, vals in final.items()}
-    ends = ", ".join(
-        f"{m} {np.mean(finite[m]):.2f}" if finite[m] else f"{m} n/a (none left)" for m in METHODS
-    )
-    text = (
-        f"Mean length of {what} completions (tokens incl. EOS; {np.nanmean(start):.2f} at the warm start): "
-        f"{ends} at the end. "
-    )
-    pairs = [(a, b) for a, b in zip(final["grpo"], final["dr_grpo"]) if np.isfinite(a) and np.isfinite(b)]
+def versus(values: dict[str, list[float]], expect_longer: bool, other: str = "dr_grpo") -> str:
+    """grpo - ``other`` on one length, paired by seed, read against the claimed direction (longer under
+    grpo for incorrect answers, shorter for correct ones); seeds where either has no such completion
+    are left out."""
+    pairs = [(a, b) for a, b in zip(values["grpo"], values[other]) if np.isfinite(a) and np.isfinite(b)]
     if len(pairs) < 2:
-        return text + f"Too few seeds with {what} completions under both losses to compare grpo with dr_grpo."
+        return f"vs {other}: too few seeds with such completions under both to compare"
     d = paired_diff([a for a, _ in pairs], [b for _, b in pairs], True)
     verdict = d.verdict(True)  # 'better' = longer under grpo
-    claim = f"the per-sequence mean making {what} answers {'longer' if expect_longer else 'shorter'}"
     if verdict == "no measurable difference":
-        outcome = f"the 95% CI includes 0: {claim} (Liu et al. 2025) is not measurable here"
+        outcome = "CI includes 0: not measurable"
     elif (verdict == "better") == expect_longer:
-        outcome = f"consistent with {claim}, as Liu et al. (2025) report"
+        outcome = "consistent with the claim"
     else:
-        outcome = f"the opposite of {claim} that Liu et al. (2025) report"
-    return text + (
-        f"grpo - dr_grpo, paired over {d.n} seeds: {_ci(d)} tokens ({d.wins}/{d.n} seeds longer under "
-        f"grpo): {outcome}."
-    )
+        outcome = "the opposite of the claim"
+    return f"vs {other} {_ci(d)} ({d.wins}/{d.n} seeds longer under grpo; {outcome})"
+
+
+def _per_method(values: dict[str, list[float]]) -> str:
+    finite = {m: [v for v in vals if np.isfinite(v)] for m, vals in values.items()}
+    return ", ".join(f"{m} {np.mean(finite[m]):.2f}" if finite[m] else f"{m} n/a" for m in METHODS)
 
 
 def _conclusion(res: ExperimentResult, start: dict[str, list[float]]) -> str:
@@ -290,14 +291,25 @@ def _conclusion(res: ExperimentResult, start: dict[str, list[float]]) -> str:
     text = conclude(res)
     if len(res.seeds) < 2:
         return text
-    wrong = res.secondary["length of incorrect completions"][1]
-    right = res.secondary["length of correct completions"][1]
-    return " ".join(
-        [
-            text,
-            _length_sentence("incorrect", wrong, start["wrong"], expect_longer=True),
-            _length_sentence("correct", right, start["right"], expect_longer=False),
-        ]
+    sec = {k: v[1] for k, v in res.secondary.items()}
+    parts, ends = [], []
+    for what, longer in (("incorrect", True), ("correct", False)):
+        end, during = sec[f"length of {what} completions"], sec[f"length of {what} rollouts during training"]
+        for label, values in (
+            (f"{what} rollouts over training", during),
+            (f"{what} answers at the end", end),
+        ):
+            parts.append(f"{label} {versus(values, longer)}, {versus(values, longer, 'dr_grpo_std')}")
+        warm = np.nanmean(start["wrong" if longer else "right"])
+        ends.append(f"{what}: {_per_method(end)} (warm start {warm:.2f})")
+    return (
+        f"{text} Liu et al. (2025) report that GRPO's per-sequence mean makes incorrect answers longer and "
+        "correct ones shorter than Dr. GRPO's constant normaliser. Measured here (mean length in tokens incl. "
+        "EOS, grpo minus the other, paired by seed, 95% CI; dr_grpo_std changes the normaliser alone): "
+        + "; ".join(parts)
+        + ". Mean length at the end per loss, "
+        + "; ".join(ends)
+        + "."
     )
 
 
@@ -354,7 +366,7 @@ def sizes_for(ctx: LabContext) -> dict[str, int]:
         "sft_steps": ctx.pick(40, 40, 4),
         "steps": steps,
         "inner": ctx.pick(4, 4, 2),
-        "eval_k": ctx.pick(32, 32, 2),
+        "eval_k": ctx.pick(32, 32, 4),
         "every": max(1, steps // 10),
     }
 
@@ -403,8 +415,11 @@ def run(ctx: LabContext) -> ExperimentResult:
             f" rollouts), then takes {inner} Adam steps (lr {LR:g}, constant) on that rollout, the first "
             "on-policy, the later ones against the sampling log-probs (`old_logps`), where the clip acts; "
             f"{steps} steps; the same random numbers for every loss of a seed. Losses: "
-            "`losskit.rl.policy_gradient_loss` with `loss_type` = the method name, advantages from "
-            "`losskit.rl.group_advantages` (scale 'std'; 'none' for dr_grpo, as Dr. GRPO drops the std too), "
+            "`losskit.rl.policy_gradient_loss` with `loss_type` = the method name (`dr_grpo` for "
+            "`dr_grpo_std`), advantages from `losskit.rl.group_advantages` (scale 'std'; 'none' for dr_grpo, "
+            "as Dr. GRPO drops the std too). So against grpo, dr_grpo changes the normaliser and the std "
+            "scale (the paper's recipe), dr_grpo_std the normaliser alone (the control), dapo the normaliser "
+            "(token mean of the batch) and the upper clip; "
             "no KL (beta 0) and no entropy term; clip epsilon (low, high): "
             + ", ".join(f"{m} {lo:g}/{hi:g}" for m, (lo, hi) in CLIP.items())
             + f" (the papers' values); dr_grpo's constant is {GROUP * len(TARGETS)} x max_len {T_MAX}. DAPO's "
@@ -421,6 +436,13 @@ def run(ctx: LabContext) -> ExperimentResult:
     res.methods = final("success")
     res.secondary["length of incorrect completions"] = (False, final("length_wrong"))
     res.secondary["length of correct completions"] = (False, final("length_right"))
+    for what, key in (("incorrect", "len_wrong"), ("correct", "len_right")):
+        with warnings.catch_warnings():  # a run without such rollouts at all gives NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res.secondary[f"length of {what} rollouts during training"] = (
+                False,
+                {m: [float(np.nanmean(getattr(r, key))) for r in rs] for m, rs in runs.items()},
+            )
     res.secondary["mean rollout success % over training"] = (
         True,
         {m: [100.0 * float(np.mean(r.reward)) for r in rs] for m, rs in runs.items()},
