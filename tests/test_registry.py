@@ -27,6 +27,8 @@ def test_readme_catalog_is_current():
 REQUIRED = {
     "arcface": {"embedding_dim": 8, "num_classes": 4},
     "cosface": {"embedding_dim": 8, "num_classes": 4},
+    "sub_center_arcface": {"embedding_dim": 8, "num_classes": 4},
+    "proxy_anchor": {"num_classes": 4, "embedding_dim": 8},
 }
 
 

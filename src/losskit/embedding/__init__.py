@@ -2,8 +2,10 @@
 NT-Xent (SimCLR / InfoNCE) and supervised contrastive (SupCon).
 
 Modules: :mod:`~losskit.embedding.pairs` (cosine embedding, contrastive), :mod:`~losskit.embedding.triplet`
-(triplet with mining), :mod:`~losskit.embedding.ntxent` (NT-Xent, SupCon), :mod:`~losskit.embedding.angular`
-(ArcFace, CosFace); shared distances, masks and checks in ``_common``.
+(triplet with mining), :mod:`~losskit.embedding.similarity` (multi-similarity, circle),
+:mod:`~losskit.embedding.ntxent` (NT-Xent, supervised NT-Xent, SupCon), :mod:`~losskit.embedding.angular`
+(ArcFace, CosFace, sub-centre ArcFace), :mod:`~losskit.embedding.proxies` (Proxy-Anchor),
+:mod:`~losskit.embedding.memory` (cross-batch memory); shared distances, masks and checks in ``_common``.
 
 Pair losses (:func:`cosine_embedding_loss`, :func:`contrastive_loss`) take two aligned batches and a
 per-pair target. Batch losses (:func:`contrastive_pairs_loss`, :func:`triplet_loss`,
@@ -44,20 +46,26 @@ from __future__ import annotations
 
 from . import angular as _angular
 from . import contrastive as _contrastive
+from . import memory as _memory
 from . import ntxent as _ntxent
 from . import pairs as _pairs
+from . import proxies as _proxies
 from . import selfsupervised as _selfsupervised
+from . import similarity as _similarity
 from . import triplet as _triplet
 
 # internal building blocks, kept importable from the package (tests and DDP wiring use them)
 from ._common import _distance_matrix, _pair_masks, _paired_distance  # noqa: F401
 from .angular import *  # noqa: F403
 from .contrastive import *  # noqa: F403
+from .memory import *  # noqa: F403
 from .ntxent import *  # noqa: F403
 from .ntxent import _nt_xent_terms, _supcon_terms  # noqa: F401
 from .pairs import *  # noqa: F403
 from .pairs import _contrastive_pairs_terms  # noqa: F401
+from .proxies import *  # noqa: F403
 from .selfsupervised import *  # noqa: F403
+from .similarity import *  # noqa: F403
 from .triplet import *  # noqa: F403
 from .triplet import _triplet_terms  # noqa: F401
 
@@ -67,6 +75,9 @@ __all__ = sorted(
         *_triplet.__all__,
         *_ntxent.__all__,
         *_angular.__all__,
+        *_similarity.__all__,
+        *_proxies.__all__,
+        *_memory.__all__,
         *_contrastive.__all__,
         *_selfsupervised.__all__,
     ]

@@ -114,15 +114,22 @@ def _non_finite_guard(x: torch.Tensor) -> torch.Tensor:
         return torch.where(torch.isfinite(x).all(), x.new_zeros(()), x.new_full((), math.nan))
 
 
-def _self_mask(num_anchors: int, num_candidates: int, offset: int, device: torch.device) -> torch.Tensor:
-    """``(Na, Nc)`` bool, True where candidate ``j`` is anchor ``i`` itself (``j == offset + i``)."""
+def _self_mask(
+    num_anchors: int, num_candidates: int, offset: int | None, device: torch.device
+) -> torch.Tensor:
+    """``(Na, Nc)`` bool, True where candidate ``j`` is anchor ``i`` itself (``j == offset + i``).
+
+    ``offset=None``: the candidates are a separate reference set, no candidate is an anchor.
+    """
+    if offset is None:
+        return torch.zeros(num_anchors, num_candidates, dtype=torch.bool, device=device)
     rows = torch.arange(num_anchors, device=device) + offset
     cols = torch.arange(num_candidates, device=device)
     return rows[:, None] == cols[None, :]
 
 
 def _pair_masks(
-    anchor_labels: torch.Tensor, candidate_labels: torch.Tensor, offset: int
+    anchor_labels: torch.Tensor, candidate_labels: torch.Tensor, offset: int | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(positive, negative, self)`` masks of shape ``(Na, Nc)``.
 
@@ -191,3 +198,86 @@ def _candidates(
     cand, cand_labels, offset = _dist.gather_candidates(anchors, labels)
     assert cand_labels is not None  # labels were given
     return cand, cand_labels, offset
+
+
+def _check_reference(
+    embeddings: torch.Tensor, ref_embeddings: torch.Tensor | None, ref_labels: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Checked ``(ref_embeddings, ref_labels)`` (upcast, contiguous), or ``None`` when neither is given."""
+    if ref_embeddings is None and ref_labels is None:
+        return None
+    if ref_embeddings is None or ref_labels is None:
+        given, missing = (
+            ("ref_embeddings", "ref_labels") if ref_labels is None else ("ref_labels", "ref_embeddings")
+        )
+        raise LossValueError(f"{given} was given without {missing}: pass both, or neither")
+    check_floating("ref_embeddings", ref_embeddings)
+    check_ndim("ref_embeddings", ref_embeddings, 2, "(M, D)")
+    check_integer("ref_labels", ref_labels)
+    check_same_device(
+        ("embeddings", embeddings), ("ref_embeddings", ref_embeddings), ("ref_labels", ref_labels)
+    )
+    if ref_embeddings.shape[1] != embeddings.shape[1]:
+        raise LossValueError(
+            f"ref_embeddings has shape {shape_str(ref_embeddings.shape)}, expected (M, {embeddings.shape[1]}) "
+            f"to match embeddings of shape {shape_str(embeddings.shape)}"
+        )
+    if ref_labels.dim() != 1 or ref_labels.shape[0] != ref_embeddings.shape[0]:
+        raise LossValueError(
+            f"ref_labels has shape {shape_str(ref_labels.shape)}, expected ({ref_embeddings.shape[0]},) to "
+            f"match ref_embeddings of shape {shape_str(ref_embeddings.shape)}: one class label per sample"
+        )
+    return upcast(ref_embeddings).to(upcast(embeddings).dtype).contiguous(), ref_labels
+
+
+def _candidate_set(
+    anchors: torch.Tensor,
+    labels: torch.Tensor,
+    reference: tuple[torch.Tensor, torch.Tensor] | None,
+    gathered: bool,
+) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+    """``(candidates, candidate_labels, offset)`` of a pair loss.
+
+    Without ``reference``: the batch itself (or every rank's batch, with gradient), and the anchors'
+    offset among them. With ``reference = (ref_embeddings, ref_labels)``: the reference set (every
+    rank's, gathered with gradient, when ``gathered``) and ``offset=None`` (no anchor is its own
+    candidate).
+    """
+    if reference is None:
+        return _candidates(anchors, labels, gathered)
+    ref, ref_labels = reference
+    if gathered:
+        ref, ref_labels, _ = _candidates(ref, ref_labels, True)
+    return ref, ref_labels, None
+
+
+def _log1p_sum_exp(x: torch.Tensor, mask: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """``log(1 + sum_{mask} exp(x))`` along ``dim``, stable, without ``inf`` (0 where the mask is empty).
+
+    The shift ``m = max(0, max_mask x)`` is detached (the value does not depend on it), so excluded
+    entries never reach an ``exp`` of a large number and fp16-scale inputs cannot overflow.
+    """
+    low = x.new_full((), torch.finfo(x.dtype).min)
+    masked = torch.where(mask, x, low)
+    with torch.no_grad():
+        m = (
+            masked.amax(dim=dim, keepdim=True).clamp_min(0.0)
+            if x.shape[dim] > 0
+            else masked.sum(dim, True) * 0
+        )
+    terms = torch.where(mask, (masked - m).exp(), x.new_zeros(()))
+    m = m.squeeze(dim)
+    return m + ((-m).exp() + terms.sum(dim=dim)).log()
+
+
+def _reduce_anchors(
+    per_anchor: torch.Tensor, valid: torch.Tensor | None, reduction: str, gathered: bool
+) -> torch.Tensor:
+    """``'none'``: the per-anchor losses; ``'sum'`` / ``'mean'`` over the valid anchors (every anchor
+    when ``valid`` is ``None``), with the DDP normaliser when ``gathered`` (see :func:`_mean_or_sum`)."""
+    if reduction == "none":
+        return per_anchor
+    if valid is None:
+        return _mean_or_sum(per_anchor.sum(), per_anchor.new_tensor(per_anchor.shape[0]), reduction, gathered)
+    total = torch.where(valid, per_anchor, per_anchor.new_zeros(())).sum()
+    return _mean_or_sum(total, valid.sum(), reduction, gathered)

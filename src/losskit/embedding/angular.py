@@ -23,7 +23,7 @@ from .._reduction import reduce_loss, upcast
 from ..registry import register
 from ._common import FAMILY, _check_embeddings_labels, _safe_sqrt
 
-__all__ = ["AngularMarginLoss", "ArcFaceLoss", "CosFaceLoss", "angular_margin_loss"]
+__all__ = ["AngularMarginLoss", "ArcFaceLoss", "CosFaceLoss", "SubCenterArcFaceLoss", "angular_margin_loss"]
 
 
 # ============================================================================ angular margin (ArcFace / CosFace)
@@ -58,7 +58,8 @@ def angular_margin_loss(
 
     Args:
         embeddings: ``(B, D)``.
-        weight: ``(C, D)`` class centres (the module owns them as a parameter).
+        weight: ``(C, D)`` class centres, or ``(C, K, D)`` with ``K`` sub-centres per class (the
+            module owns them as a parameter).
         labels: ``(B,)`` integer class indices in ``[0, C)``.
         scale: ``s > 0`` (the papers use 64).
         margin: ``m >= 0``: radians for ArcFace (0.5, at most ``pi / 2``), cosine units for CosFace
@@ -79,14 +80,20 @@ def angular_margin_loss(
     emb, labels = _check_embeddings_labels(embeddings, labels)
     check_floating("weight", weight)
     check_same_device(("embeddings", embeddings), ("weight", weight))
-    if weight.dim() != 2 or weight.shape[1] != emb.shape[1]:
+    if weight.dim() not in (2, 3) or weight.shape[-1] != emb.shape[1] or 0 in weight.shape[1:-1]:
         raise LossValueError(
-            f"weight has shape {shape_str(weight.shape)}, expected (C, {emb.shape[1]}): one centre per "
-            f"class with the embeddings' dimension"
+            f"weight has shape {shape_str(weight.shape)}, expected (C, {emb.shape[1]}) or "
+            f"(C, K, {emb.shape[1]}) with K >= 1: one centre (or K sub-centres) per class with the "
+            f"embeddings' dimension"
         )
     check_class_range("labels", labels, weight.shape[0])
     w = upcast(weight).to(emb.dtype).contiguous()
-    cos = F.normalize(emb, dim=-1) @ F.normalize(w, dim=-1).T
+    if w.dim() == 2:
+        cos = F.normalize(emb, dim=-1) @ F.normalize(w, dim=-1).T
+    else:  # (B, C * K) -> max over each class's K sub-centres
+        c, k, d = w.shape
+        cos = (F.normalize(emb, dim=-1) @ F.normalize(w, dim=-1).reshape(c * k, d).T).reshape(-1, c, k)
+        cos = cos.amax(dim=2)
     target = cos.gather(1, labels[:, None]).squeeze(1)
     m = float(margin)
     if kind == "cosface":
@@ -103,8 +110,8 @@ def angular_margin_loss(
 class AngularMarginLoss(nn.Module):
     """Angular-margin softmax with learnable class centres: ``loss_fn(embeddings, labels)``.
 
-    Owns ``weight``, a ``(num_classes, embedding_dim)`` parameter (Xavier-uniform initialised, as in
-    the ArcFace code); add it to the optimizer (``loss_fn.parameters()``). See
+    Owns ``weight``, a ``(num_classes, embedding_dim)`` parameter (``(num_classes, sub_centers,
+    embedding_dim)`` with ``sub_centers > 1``; Xavier-uniform initialised, as in the ArcFace code); add it to the optimizer (``loss_fn.parameters()``). See
     :func:`angular_margin_loss`.
 
     Example:
@@ -123,18 +130,24 @@ class AngularMarginLoss(nn.Module):
         margin: float = 0.5,
         kind: str = "arcface",
         reduction: str = "mean",
+        sub_centers: int = 1,
     ) -> None:
         super().__init__()
         self.embedding_dim = check_int("embedding_dim", embedding_dim, low=1)
         self.num_classes = check_int("num_classes", num_classes, low=1)
+        self.sub_centers = check_int("sub_centers", sub_centers, low=1)
         self.scale = float(check_number("scale", scale, low=0.0, low_open=True))
         self.kind = check_choice("kind", kind, ANGULAR_KINDS)
         self.margin = float(
             check_number("margin", margin, low=0.0, high=math.pi / 2 if kind == "arcface" else None)
         )
         self.reduction = check_reduction(reduction)
-        self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
-        nn.init.xavier_uniform_(self.weight)
+        shape = (
+            (num_classes, embedding_dim) if sub_centers == 1 else (num_classes, sub_centers, embedding_dim)
+        )
+        self.weight = nn.Parameter(torch.empty(shape))
+        # Xavier-uniform over the (C * K, D) matrix of centres
+        nn.init.xavier_uniform_(self.weight.data.view(-1, embedding_dim))
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return angular_margin_loss(
@@ -145,6 +158,7 @@ class AngularMarginLoss(nn.Module):
         return (
             f"embedding_dim={self.embedding_dim}, num_classes={self.num_classes}, scale={self.scale}, "
             f"margin={self.margin}, kind={self.kind!r}, reduction={self.reduction!r}"
+            + (f", sub_centers={self.sub_centers}" if self.sub_centers > 1 else "")
         )
 
 
@@ -186,6 +200,31 @@ class CosFaceLoss(AngularMarginLoss):
         super().__init__(embedding_dim, num_classes, scale, margin, "cosface", reduction)
 
 
+class SubCenterArcFaceLoss(AngularMarginLoss):
+    """Sub-centre ArcFace (Deng et al., ECCV 2020): ``K = 3`` sub-centres per class, ``s = 64``, ``m = 0.5``.
+
+    ``weight`` is ``(num_classes, sub_centers, embedding_dim)``; each class's cosine is the largest
+    over its sub-centres (see :func:`angular_margin_loss`).
+
+    Example:
+        >>> loss_fn = SubCenterArcFaceLoss(embedding_dim=8, num_classes=4)
+        >>> loss_fn.weight.shape
+        torch.Size([4, 3, 8])
+        >>> loss_fn(torch.randn(6, 8), torch.tensor([0, 1, 2, 3, 0, 1])).backward()
+    """
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_classes: int,
+        sub_centers: int = 3,
+        scale: float = 64.0,
+        margin: float = 0.5,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(embedding_dim, num_classes, scale, margin, "arcface", reduction, sub_centers)
+
+
 # ============================================================================ registry
 
 register(
@@ -203,4 +242,12 @@ register(
     functional=angular_margin_loss,
     source="Wang et al. CVPR 2018 (CosFace)",
     notes="learnable centres; needs embedding_dim, num_classes; cos(theta) - m, s=64, m=0.35",
+)
+register(
+    "sub_center_arcface",
+    SubCenterArcFaceLoss,
+    family=FAMILY,
+    functional=angular_margin_loss,
+    source="Deng et al. ECCV 2020 (sub-center ArcFace)",
+    notes="K=3 sub-centres per class, max over them; weight (C, K, D); s=64, m=0.5",
 )

@@ -19,6 +19,7 @@ from ._common import (
     _gathering,
     _mean_or_sum,
     _pair_masks,
+    _reduce_anchors,
 )
 
 __all__ = ["NTXentLoss", "SupConLoss", "nt_xent_loss", "supcon_loss"]
@@ -77,6 +78,7 @@ def nt_xent_loss(
     z2: torch.Tensor,
     temperature: float = 0.5,
     *,
+    labels: torch.Tensor | None = None,
     reduction: str = "mean",
     gather_distributed: bool = False,
 ) -> torch.Tensor:
@@ -90,9 +92,16 @@ def nt_xent_loss(
     ``2B`` anchors (InfoNCE with in-batch negatives, both directions). ``B = 1`` gives 0 (nothing to
     contrast), ``B = 0`` a graph-connected 0.
 
+    With class ``labels`` (supervised NT-Xent) every other row with the anchor's label is a
+    positive too, and the anchor's loss is the mean of ``-log softmax`` over its positives (SupCon's
+    :math:`L^{sup}_{out}` on the two views, :func:`supcon_loss` of ``stack([z1, z2], 1)``); an anchor
+    whose class fills the batch has no negative and gives 0, and ``mean`` is over the other
+    anchors. Distinct labels give the unsupervised loss.
+
     Args:
         z1, z2: ``(B, D)`` projections of two augmented views (normalised inside).
         temperature: ``tau > 0`` (SimCLR uses 0.5 at batch 256 ... 0.1 at large batches).
+        labels: optional ``(B,)`` integer class labels of the samples (both views share them).
         reduction: ``'mean' | 'sum' | 'none'`` (``'none'``: the ``2B`` per-anchor losses, ``z1`` rows
             first).
         gather_distributed: under an initialised :mod:`torch.distributed` group, use the views of
@@ -116,6 +125,13 @@ def nt_xent_loss(
     check_same_device(("z1", z1), ("z2", z2))
     z = F.normalize(upcast(torch.cat([z1, z2], dim=0)), dim=-1)
     gathered = _gathering(gather_distributed)
+    if labels is not None:
+        _, labels = _check_embeddings_labels(z1, labels, "(B, D)")
+        if z.shape[0] == 0 and not gathered:
+            return z.sum(dim=-1) if reduction == "none" else connected_zero(z)
+        cand, cand_labels, offset = _candidates(z, labels.repeat(2), gathered)
+        per_anchor, valid = _supcon_terms(z, labels.repeat(2), cand, cand_labels, offset, tau)
+        return _reduce_anchors(per_anchor, valid, reduction, gathered)
     cand, offset = z, 0
     if gathered:
         cand, _, offset = _dist.gather_candidates(z)
@@ -126,7 +142,7 @@ def nt_xent_loss(
 
 
 class NTXentLoss(nn.Module):
-    """Module form of :func:`nt_xent_loss`: ``loss_fn(z1, z2)``.
+    """Module form of :func:`nt_xent_loss`: ``loss_fn(z1, z2)`` or ``loss_fn(z1, z2, labels)``.
 
     Example:
         >>> z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -142,9 +158,14 @@ class NTXentLoss(nn.Module):
         self.reduction = check_reduction(reduction)
         self.gather_distributed = bool(gather_distributed)
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return nt_xent_loss(
-            z1, z2, self.temperature, reduction=self.reduction, gather_distributed=self.gather_distributed
+            z1,
+            z2,
+            self.temperature,
+            labels=labels,
+            reduction=self.reduction,
+            gather_distributed=self.gather_distributed,
         )
 
     def extra_repr(self) -> str:

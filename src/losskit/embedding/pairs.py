@@ -26,8 +26,9 @@ from ..registry import register
 from ._common import (
     DISTANCES,
     FAMILY,
-    _candidates,
+    _candidate_set,
     _check_embeddings_labels,
+    _check_reference,
     _cosine,
     _distance_matrix,
     _gathering,
@@ -269,6 +270,8 @@ def contrastive_pairs_loss(
     *,
     average: str = "nonzero",
     normalize_embeddings: bool = False,
+    ref_embeddings: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | None = None,
     gather_distributed: bool = False,
 ) -> torch.Tensor:
     r"""Contrastive loss over every pair of a labelled batch (pytorch-metric-learning semantics).
@@ -288,10 +291,14 @@ def contrastive_pairs_loss(
     Args:
         embeddings: ``(B, D)``.
         labels: ``(B,)`` integer class labels.
+        ref_embeddings, ref_labels: ``(M, D)`` and ``(M,)``: pair each query with this reference set
+            instead of with the batch (``P``: every reference with the query's label; no pair is
+            excluded as the query itself). Both or neither.
         gather_distributed: under an initialised :mod:`torch.distributed` group, pair this rank's
-            samples with the samples of every rank (gathered with gradient) and count ``n_P``,
-            ``n_N`` globally, so DDP gives the gradient of one process over the concatenated batch
-            (the returned value is this rank's share). No effect without a process group.
+            samples with the samples (or references) of every rank, gathered with gradient, and
+            count ``n_P``, ``n_N`` globally, so DDP gives the gradient of one process over the
+            concatenated batch (the returned value is this rank's share). No effect without a
+            process group.
 
     Example:
         >>> emb = torch.tensor([[0.0, 0.0], [0.0, 0.5], [0.0, 0.8]])
@@ -303,17 +310,46 @@ def contrastive_pairs_loss(
     check_choice("distance", distance, DISTANCES)
     check_choice("average", average, ("nonzero", "all"))
     emb, labels = _check_embeddings_labels(embeddings, labels)
+    reference = _check_reference(emb, ref_embeddings, ref_labels)
     gathered = _gathering(gather_distributed)
-    if emb.shape[0] == 0 and not gathered:
-        return connected_zero(emb)
+    cand, cand_labels, offset = _candidate_set(emb, labels, reference, gathered)
+    return _contrastive_pairs_from(
+        emb,
+        labels,
+        cand,
+        cand_labels,
+        offset,
+        gathered,
+        pos_margin=float(pos_margin),
+        neg_margin=float(neg_margin),
+        distance=distance,
+        average=average,
+        normalize_embeddings=bool(normalize_embeddings),
+    )
+
+
+def _contrastive_pairs_from(
+    emb: torch.Tensor,
+    labels: torch.Tensor,
+    cand: torch.Tensor,
+    cand_labels: torch.Tensor,
+    offset: int | None,
+    gathered: bool,
+    *,
+    pos_margin: float,
+    neg_margin: float,
+    distance: str,
+    average: str,
+    normalize_embeddings: bool,
+) -> torch.Tensor:
+    """:func:`contrastive_pairs_loss` of checked anchors against a prepared candidate set."""
+    if (emb.shape[0] == 0 and not gathered) or cand.shape[0] == 0:  # nothing here, or on any rank
+        return connected_zero(emb, cand)
     if normalize_embeddings:
-        emb = F.normalize(emb, dim=-1)
-    cand, cand_labels, offset = _candidates(emb, labels, gathered)
-    if cand.shape[0] == 0:  # every rank is empty
-        return connected_zero(cand)
+        emb, cand = F.normalize(emb, dim=-1), F.normalize(cand, dim=-1)
     pos, neg, _ = _pair_masks(labels, cand_labels, offset)
     dist = _distance_matrix(emb, cand, distance)
-    pos_loss, neg_loss = _contrastive_pairs_terms(dist, pos, neg, float(pos_margin), float(neg_margin))
+    pos_loss, neg_loss = _contrastive_pairs_terms(dist, pos, neg, pos_margin, neg_margin)
     if average == "nonzero":
         n_pos, n_neg = (pos_loss > 0).sum(), (neg_loss > 0).sum()
     else:
@@ -321,7 +357,7 @@ def contrastive_pairs_loss(
     total = _mean_or_sum(pos_loss.sum(), n_pos, "mean", gathered) + _mean_or_sum(
         neg_loss.sum(), n_neg, "mean", gathered
     )
-    return total + _non_finite_guard(cand)
+    return total + (_non_finite_guard(emb) + _non_finite_guard(cand))
 
 
 class ContrastivePairsLoss(nn.Module):
@@ -350,7 +386,13 @@ class ContrastivePairsLoss(nn.Module):
         self.normalize_embeddings = bool(normalize_embeddings)
         self.gather_distributed = bool(gather_distributed)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        ref_embeddings: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return contrastive_pairs_loss(
             embeddings,
             labels,
@@ -359,7 +401,33 @@ class ContrastivePairsLoss(nn.Module):
             self.distance,
             average=self.average,
             normalize_embeddings=self.normalize_embeddings,
+            ref_embeddings=ref_embeddings,
+            ref_labels=ref_labels,
             gather_distributed=self.gather_distributed,
+        )
+
+    def _candidate_loss(
+        self,
+        emb: torch.Tensor,
+        labels: torch.Tensor,
+        cand: torch.Tensor,
+        cand_labels: torch.Tensor,
+        offset: int | None,
+        gathered: bool,
+    ) -> torch.Tensor:
+        """The loss of checked anchors against a prepared candidate set (used by the cross-batch memory)."""
+        return _contrastive_pairs_from(
+            emb,
+            labels,
+            cand,
+            cand_labels,
+            offset,
+            gathered,
+            pos_margin=self.pos_margin,
+            neg_margin=self.neg_margin,
+            distance=self.distance,
+            average=self.average,
+            normalize_embeddings=self.normalize_embeddings,
         )
 
     def extra_repr(self) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,8 +16,9 @@ from ._common import (
     DISTANCES,
     FAMILY,
     MININGS,
-    _candidates,
+    _candidate_set,
     _check_embeddings_labels,
+    _check_reference,
     _distance_matrix,
     _gathering,
     _mean_or_sum,
@@ -150,7 +153,7 @@ def _triplet_terms(
     anchor_labels: torch.Tensor,
     candidates: torch.Tensor,
     candidate_labels: torch.Tensor,
-    offset: int,
+    offset: int | None,
     *,
     margin: float,
     mining: str,
@@ -179,6 +182,8 @@ def triplet_loss(
     *,
     reduction: str = "mean",
     chunk_size: int | None = None,
+    ref_embeddings: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | None = None,
     gather_distributed: bool = False,
 ) -> torch.Tensor:
     r"""Triplet loss with in-batch mining (Schroff et al. 2015; Hermans, Beyer & Leibe 2017).
@@ -215,9 +220,12 @@ def triplet_loss(
         labels: ``(B,)`` integer class labels.
         margin: ``>= 0`` (unused with ``soft_margin``).
         chunk_size: anchors per chunk for ``'batch_all'`` with ``soft_margin`` (``None``: automatic).
+        ref_embeddings, ref_labels: ``(M, D)`` and ``(M,)``: mine each query's positives and
+            negatives in this reference set instead of in the batch (every reference with the
+            query's label is a positive). Both or neither.
         gather_distributed: under an initialised :mod:`torch.distributed` group, mine positives
-            and negatives for this rank's anchors among the samples of every rank (gathered with
-            gradient); ``mean`` divides by the global item count over the world size and ``sum``
+            and negatives for this rank's anchors among the samples (or references) of every rank
+            (gathered with gradient); ``mean`` divides by the global item count over the world size and ``sum``
             is multiplied by the world size, so DDP's gradient averaging gives exactly the gradient
             of one process over the concatenated batch. No effect without a process group.
 
@@ -232,27 +240,41 @@ def triplet_loss(
     check_choice("reduction", reduction, ("mean", "sum"))
     check_int("chunk_size", chunk_size, low=1, allow_none=True)
     emb, labels = _check_embeddings_labels(embeddings, labels)
+    reference = _check_reference(emb, ref_embeddings, ref_labels)
     gathered = _gathering(gather_distributed)
-    if emb.shape[0] == 0 and not gathered:
-        return connected_zero(emb)
+    cand, cand_labels, offset = _candidate_set(emb, labels, reference, gathered)
+    config = {
+        "margin": float(margin),
+        "mining": mining,
+        "distance": distance,
+        "soft_margin": bool(soft_margin),
+        "normalize_embeddings": bool(normalize_embeddings),
+        "reduction": reduction,
+        "chunk_size": chunk_size,
+    }
+    return _triplet_from(emb, labels, cand, cand_labels, offset, gathered, **config)
+
+
+def _triplet_from(
+    emb: torch.Tensor,
+    labels: torch.Tensor,
+    cand: torch.Tensor,
+    cand_labels: torch.Tensor,
+    offset: int | None,
+    gathered: bool,
+    *,
+    normalize_embeddings: bool,
+    reduction: str,
+    **config: Any,
+) -> torch.Tensor:
+    """:func:`triplet_loss` of checked anchors against a prepared candidate set."""
+    if (emb.shape[0] == 0 and not gathered) or cand.shape[0] == 0:  # nothing here, or on any rank
+        return connected_zero(emb, cand)
     if normalize_embeddings:
-        emb = F.normalize(emb, dim=-1)
-    cand, cand_labels, offset = _candidates(emb, labels, gathered)
-    if cand.shape[0] == 0:  # every rank is empty
-        return connected_zero(cand)
-    total, count = _triplet_terms(
-        emb,
-        labels,
-        cand,
-        cand_labels,
-        offset,
-        margin=float(margin),
-        mining=mining,
-        distance=distance,
-        soft_margin=bool(soft_margin),
-        chunk_size=chunk_size,
-    )
-    return _mean_or_sum(total + _non_finite_guard(cand), count, reduction, gathered)
+        emb, cand = F.normalize(emb, dim=-1), F.normalize(cand, dim=-1)
+    total, count = _triplet_terms(emb, labels, cand, cand_labels, offset, **config)
+    guard = _non_finite_guard(emb) + _non_finite_guard(cand)
+    return _mean_or_sum(total + guard, count, reduction, gathered)
 
 
 class TripletLoss(nn.Module):
@@ -285,7 +307,13 @@ class TripletLoss(nn.Module):
         self.chunk_size = check_int("chunk_size", chunk_size, low=1, allow_none=True)
         self.gather_distributed = bool(gather_distributed)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        ref_embeddings: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return triplet_loss(
             embeddings,
             labels,
@@ -296,8 +324,31 @@ class TripletLoss(nn.Module):
             self.normalize_embeddings,
             reduction=self.reduction,
             chunk_size=self.chunk_size,
+            ref_embeddings=ref_embeddings,
+            ref_labels=ref_labels,
             gather_distributed=self.gather_distributed,
         )
+
+    def _candidate_loss(
+        self,
+        emb: torch.Tensor,
+        labels: torch.Tensor,
+        cand: torch.Tensor,
+        cand_labels: torch.Tensor,
+        offset: int | None,
+        gathered: bool,
+    ) -> torch.Tensor:
+        """The loss of checked anchors against a prepared candidate set (used by the cross-batch memory)."""
+        config = {
+            "margin": self.margin,
+            "mining": self.mining,
+            "distance": self.distance,
+            "soft_margin": self.soft_margin,
+            "normalize_embeddings": self.normalize_embeddings,
+            "reduction": self.reduction,
+            "chunk_size": self.chunk_size,
+        }
+        return _triplet_from(emb, labels, cand, cand_labels, offset, gathered, **config)
 
     def extra_repr(self) -> str:
         return (
