@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import cases_embedding, cases_language, cases_preference  # noqa: F401  (register their cases)
+from . import cases_contrastive, cases_embedding, cases_language, cases_preference  # noqa: F401  (register their cases)
 from .cases import CASES, Case, Variant, register_case
 from .cli import main, run, to_markdown
 
