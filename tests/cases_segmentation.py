@@ -22,6 +22,9 @@ CASES: dict[str, Case] = {
         _multiclass_seg, logits=(0,), module_kw={"per_image": True}, functional_kw={"per_image": True}
     ),
     "mcc": Case(_binary_seg, logits=(0,)),
+    # Dice + CE / focal: one weighted sum of two means, no reduction argument
+    "dice_ce": Case(_multiclass_seg, logits=(0,), reductions=()),
+    "dice_focal": Case(_multiclass_seg, logits=(0,), reductions=()),
     "boundary": Case(_multiclass_seg, logits=(0,)),
     "hausdorff_dt": Case(_multiclass_seg, logits=(0,)),
 }

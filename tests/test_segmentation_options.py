@@ -364,3 +364,23 @@ def test_generalized_dice_module_takes_mask_and_smoothing():
     )
     assert list(mod.state_dict()) == []
     assert_compiles(lambda a, b, c: mod(a, b, mask=c), x, t, m)
+
+
+# ---------------------------------------------------------------- non-finite logits in the sigmoid modes
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_sigmoid_modes_keep_a_non_finite_logit_visible(value):
+    """sigmoid(+-inf) is a finite 0 / 1: the loss must still not be finite (regression: binary Dice
+    returned a finite value for an infinite logit); a non-finite logit at a masked position is ignored."""
+    x, t = seg(c=1, seed=30, mode="binary")
+    x[0, 0, 1, 1] = value
+    m = torch.ones(t.shape, dtype=torch.bool)
+    m[0, 1, 1] = False
+    for fn in (LF.dice_loss, LF.jaccard_loss, LF.generalized_dice_loss, LF.mcc_loss):
+        assert not torch.isfinite(fn(x, t, "binary")).all()
+        assert not torch.isfinite(fn(x, t, "binary", batch_dice=True)).all()
+        assert torch.isfinite(fn(x, t, "binary", mask=m)).all()
+    xm, tm = seg(c=3, seed=31, mode="multilabel", dense=True)
+    xm[1, 2, 0, 0] = value
+    assert not torch.isfinite(LF.dice_loss(xm, tm, "multilabel", average="micro")).all()

@@ -8,6 +8,7 @@
 - :mod:`losskit.segmentation.distance`: exact distance transform in torch, boundary loss, Hausdorff
   distance-transform loss.
 - :mod:`losskit.segmentation.mcc`: Matthews correlation loss (binary / multi-label).
+- :mod:`losskit.segmentation.presets`: Dice + cross-entropy, Dice + focal, deep supervision.
 
 Every public name is re-exported here, so ``losskit.segmentation.dice_loss`` and
 ``from losskit.segmentation import DiceLoss`` keep working.
@@ -19,9 +20,11 @@ from . import distance as _distance
 from . import lovasz as _lovasz
 from . import mcc as _mcc
 from . import overlap as _overlap
+from . import presets as _presets
 from .distance import *  # noqa: F403
 from .lovasz import *  # noqa: F403
 from .mcc import *  # noqa: F403
 from .overlap import *  # noqa: F403
+from .presets import *  # noqa: F403
 
-__all__ = [*_overlap.__all__, *_lovasz.__all__, *_distance.__all__, *_mcc.__all__]
+__all__ = [*_overlap.__all__, *_lovasz.__all__, *_distance.__all__, *_mcc.__all__, *_presets.__all__]

@@ -223,7 +223,8 @@ def _stats(
             hit = target == 1
             g = (hit if valid is None else hit & valid).unsqueeze(1).to(dtype)
             if valid is not None:
-                p = p * valid.unsqueeze(1).to(dtype)
+                # where, not a product: a non-finite value at a left-out position must not leak
+                p = torch.where(valid.unsqueeze(1), p, p.new_zeros(()))
             tp, psum, gsum = (p * g).sum(spatial), _power_sum(p, squared, spatial), g.sum(spatial)
         elif fused:
             tp, psum, gsum = class_sums(input, target, ignore_index, squared)
@@ -236,7 +237,7 @@ def _stats(
                 ones = torch.ones((), dtype=dtype, device=p.device).expand(n, size)
             else:
                 ones = valid.reshape(n, size).to(dtype)
-                flat_p = flat_p * ones.unsqueeze(1)
+                flat_p = torch.where(valid.reshape(n, 1, size), flat_p, flat_p.new_zeros(()))
             p_true = flat_p.gather(1, idx.unsqueeze(1)).squeeze(1)
             tp = flat_p.new_zeros(n, num_classes).scatter_add(1, idx, p_true)
             psum = _power_sum(flat_p, squared, (2,))
@@ -250,8 +251,8 @@ def _stats(
         g = _dense_target(input, target, dtype)
         valid = m
         if m is not None:
-            mf = m.unsqueeze(1).to(dtype)
-            p, g = p * mf, g * mf
+            zero = p.new_zeros(())
+            p, g = torch.where(m.unsqueeze(1), p, zero), torch.where(m.unsqueeze(1), g, zero)
         if squared:
             tp = (p * g).sum(spatial)
             psum = _power_sum(p, True, spatial)
@@ -266,6 +267,12 @@ def _stats(
     else:
         count = valid.reshape(n, size).sum(1, keepdim=True).to(dtype)
     count = count.expand(tp.shape)
+    if from_logits and mode != "multiclass":
+        # a sigmoid saturates at +-inf (the softmax gives NaN): keep a non-finite logit at a counted
+        # position visible in the loss instead of a finite value
+        x = upcast(input)
+        x = x if valid is None else torch.where(valid.unsqueeze(1), x, x.new_zeros(()))
+        tp = tp + x.sum(spatial) * 0.0
 
     if batch_dice:
         tp, psum, gsum, count = tp.sum(0), psum.sum(0), gsum.sum(0), count.sum(0)
