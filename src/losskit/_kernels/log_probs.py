@@ -164,42 +164,69 @@ def _backward_rows(
             else:  # z = b / T - lse, then z += h W^T / T (no (C, V) temporary)
                 torch.sub(b_scaled.expand(c, v), lse_c.unsqueeze(1), out=z)
                 z.addmm_(h_c, weight.t(), alpha=inv_t)
-        expm1_t = torch.expm1(lp_c)
-        if bg is None:
-            # G = p - onehot; row weights a ride on the (C, H) operands
-            assert a is not None
-            z.exp_()
-            z.scatter_(1, t2, expm1_t.unsqueeze(1))
-            row_w = a * (-inv_t)
-            gemm_scale = 1.0
-        else:
-            h_c_ent = _rows_of(ent, rows)  # type: ignore[arg-type]
-            a0 = a if a is not None else torch.zeros_like(bg)
-            p = torch.exp(z, out=pbuf[:c])  # type: ignore[index]
-            p_t = p.gather(1, t2).squeeze(1)
-            # G = p (a + b H + b log p) - a onehot
-            z.mul_(bg.unsqueeze(1)).add_((a0 + bg * h_c_ent).unsqueeze(1))
-            z.mul_(p)
-            hit = a0 * expm1_t + bg * p_t * (h_c_ent + lp_c)
-            z.scatter_(1, t2, hit.unsqueeze(1))
-            row_w = None
-            gemm_scale = -inv_t
-        if need_h:
-            g_in = z if zhalf is None else zhalf[:c].copy_(z)
-            out = torch.mm(g_in, weight)
-            if row_w is not None:
-                out.mul_(row_w.unsqueeze(1).to(out.dtype))
-            elif gemm_scale != 1.0:
-                out.mul_(gemm_scale)
-            _store(gh, rows, out)  # type: ignore[arg-type]
-        if need_w:
-            h32 = h_c.to(cdt) if half else h_c
-            rhs = h32 * row_w.unsqueeze(1) if row_w is not None else h32
-            gw.addmm_(z.t(), rhs, alpha=gemm_scale)  # type: ignore[union-attr]
-        if need_b:
-            vec = row_w if row_w is not None else torch.full((c,), gemm_scale, dtype=cdt, device=dev)
-            gb.addmv_(z.t(), vec)  # type: ignore[union-attr]
+        ent_c = None if bg is None else _rows_of(ent, rows)  # type: ignore[arg-type]
+        _contract_rows(z, pbuf, t2, lp_c, ent_c, a, bg, inv_t, h_c, weight, zhalf, rows, (gh, gw, gb))
     return gh, gw, gb
+
+
+def _contract_rows(
+    z: torch.Tensor,
+    pbuf: torch.Tensor | None,
+    t2: torch.Tensor,
+    lp_c: torch.Tensor,
+    ent_c: torch.Tensor | None,
+    a: torch.Tensor | None,
+    bg: torch.Tensor | None,
+    inv_t: float,
+    h_c: torch.Tensor,
+    weight: torch.Tensor,
+    zhalf: torch.Tensor | None,
+    rows,
+    grads: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
+) -> None:
+    """Contract the chunk's gradient w.r.t. its logits into the gradients ``grads = (gh, gw, gb)``.
+
+    ``z`` holds the chunk's ``log p`` (``(C, V)``, overwritten), ``a`` / ``bg`` the cotangents of its
+    log-probs ``lp_c`` / entropies ``ent_c``; ``gh`` rows are stored, ``gw`` and ``gb`` accumulated.
+    """
+    gh, gw, gb = grads
+    c = z.shape[0]
+    cdt = z.dtype
+    expm1_t = torch.expm1(lp_c)
+    if bg is None:
+        # G = p - onehot; row weights a ride on the (C, H) operands
+        assert a is not None
+        z.exp_()
+        z.scatter_(1, t2, expm1_t.unsqueeze(1))
+        row_w: torch.Tensor | None = a * (-inv_t)
+        gemm_scale = 1.0
+    else:
+        assert ent_c is not None and pbuf is not None
+        a0 = a if a is not None else torch.zeros_like(bg)
+        p = torch.exp(z, out=pbuf[:c])
+        p_t = p.gather(1, t2).squeeze(1)
+        # G = p (a + b H + b log p) - a onehot
+        z.mul_(bg.unsqueeze(1)).add_((a0 + bg * ent_c).unsqueeze(1))
+        z.mul_(p)
+        hit = a0 * expm1_t + bg * p_t * (ent_c + lp_c)
+        z.scatter_(1, t2, hit.unsqueeze(1))
+        row_w = None
+        gemm_scale = -inv_t
+    if gh is not None:
+        g_in = z if zhalf is None else zhalf[:c].copy_(z)
+        out = torch.mm(g_in, weight)
+        if row_w is not None:
+            out.mul_(row_w.unsqueeze(1).to(out.dtype))
+        elif gemm_scale != 1.0:
+            out.mul_(gemm_scale)
+        _store(gh, rows, out)
+    if gw is not None:
+        h32 = h_c.to(cdt) if h_c.dtype != cdt else h_c
+        rhs = h32 * row_w.unsqueeze(1) if row_w is not None else h32
+        gw.addmm_(z.t(), rhs, alpha=gemm_scale)
+    if gb is not None:
+        vec = row_w if row_w is not None else torch.full((c,), gemm_scale, dtype=cdt, device=z.device)
+        gb.addmv_(z.t(), vec)
 
 
 class LinearLogProbs(torch.autograd.Function):

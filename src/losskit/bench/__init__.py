@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from . import cases_contrastive, cases_embedding, cases_language, cases_preference  # noqa: F401  (register their cases)
+from . import (  # noqa: F401  (register their cases)
+    cases_contrastive,
+    cases_embedding,
+    cases_language,
+    cases_preference,
+    cases_rl,
+    cases_segmentation,
+)
 from .cases import CASES, Case, Variant, register_case
 from .cli import main, run, to_markdown
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from ..registry import register
 from .advantages import group_advantages, rloo_advantages
+from .fused import LinearPolicyGradientLoss
 from .normalizer import policy_gradient_normalizer
 from .policy_gradient import POLICY_GRADIENT_LOSS_TYPES, PolicyGradientLoss, policy_gradient_loss
 
 __all__ = [
+    "LinearPolicyGradientLoss",
     "POLICY_GRADIENT_LOSS_TYPES",
     "PolicyGradientLoss",
     "group_advantages",
