@@ -32,8 +32,8 @@ from .._kernels._compile import use_fused_kernel
 from .._kernels.overlap import class_sums, class_sums_supports
 from .._reduction import reduce_loss, upcast
 from ..distributed import ddp_normalizer, global_sum, is_initialized
+from ._inputs import MODES, probabilities
 
-MODES = ("multiclass", "binary", "multilabel")
 AVERAGES = ("macro", "micro")
 
 
@@ -144,18 +144,8 @@ def _check_mask(input: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor 
 
 
 def _probabilities(input: torch.Tensor, mode: str, from_logits: bool, fused: bool) -> torch.Tensor:
-    x = upcast(input)
-    if fused:
-        return x  # the softmax happens inside the kernel
-    if from_logits:
-        return torch.softmax(x, dim=1) if mode == "multiclass" else torch.sigmoid(x)
-    if can_read_values(x) and x.numel() > 0:
-        lo, hi = value_range(x)
-        if not (lo >= 0.0 and hi <= 1.0):
-            raise LossValueError(
-                f"input must hold probabilities in [0, 1] when from_logits=False, got range [{lo:g}, {hi:g}]"
-            )
-    return x
+    """:func:`probabilities`, or the float32 logits themselves for the fused kernel (it applies the softmax)."""
+    return upcast(input) if fused else probabilities(input, mode, from_logits)
 
 
 def _stats(
