@@ -37,6 +37,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "imbalanced_classification": ("imbalanced", "Long-tailed classification"),
     "distillation": ("distillation", "Knowledge distillation into a tiny student"),
     "metric_learning": ("metric_learning", "Embeddings for unseen classes"),
+    "contrastive": ("contrastive", "Image-text retrieval: CLIP vs SigLIP"),
     "segmentation": ("segmentation", "Small-foreground segmentation"),
     "detection": ("detection", "Single-object detection: box losses"),
     "multitask": ("multitask", "Multi-task weighting with mismatched loss scales"),
