@@ -484,6 +484,11 @@ def run(ctx: LabContext) -> ExperimentResult:
         "steps, mean over training. GSPO's range is three orders of magnitude narrower, so most of its later "
         "inner steps are clipped: that is its design, not a fault."
     )
+    res.notes.append(
+        "dapo and dr_grpo_std weight every completion token of a step alike (1 / valid tokens vs 1 / (B x "
+        "max_len): a per-step constant that Adam nearly removes); they differ mainly by dapo's upper clip. "
+        "grpo against dr_grpo_std is the normaliser alone; against dr_grpo, the normaliser and the std scale."
+    )
     res.figures.append(_figure(ctx, runs, steps, every))
     res.figures.append(seed_strip(ctx, res))
     return res
