@@ -240,6 +240,9 @@ def dice_loss(
         empty_smooth: smoothing used where the target of a class is empty (``None``: ``smooth``).
         gather_distributed: under DDP, compute the loss of the global batch (see the module
             docstring); no effect without an initialised process group.
+        smooth_nr, smooth_dr: numerator / denominator smoothing (MONAI), instead of ``smooth``.
+        average: ``'macro'`` (per class, then the mean) or ``'micro'`` (classes pooled first).
+        mask: per-pixel bool ``(N, d1, ...)`` or ``(N, 1, d1, ...)``; False positions leave the sums.
 
     Example:
         >>> probs = torch.tensor([[[1.0, 0.0, 0.5, 0.5]]])  # (N=1, C=1, 4 pixels)
@@ -249,6 +252,8 @@ def dice_loss(
         >>> logits = torch.randn(2, 3, 8, 8)
         >>> dice_loss(logits, torch.randint(0, 3, (2, 8, 8)), reduction="none").shape
         torch.Size([2, 3])
+        >>> dice_loss(logits, torch.randint(0, 3, (2, 8, 8)), average="micro", reduction="none").shape
+        torch.Size([2])
     """
     return _tversky_family(
         input,
