@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import (
+from .._checks import (
     LossValueError,
     check_broadcastable,
     check_floating,
@@ -25,8 +25,8 @@ from ._checks import (
     check_tensor,
     shape_str,
 )
-from ._reduction import Normalizer, check_normalizer, reduce_loss, upcast
-from .registry import register
+from .._reduction import Normalizer, check_normalizer, reduce_loss, upcast
+from ..registry import register
 
 __all__ = [
     "CharbonnierLoss",
