@@ -27,4 +27,6 @@ CASES: dict[str, Case] = {
     "dice_focal": Case(_multiclass_seg, logits=(0,), reductions=()),
     "boundary": Case(_multiclass_seg, logits=(0,)),
     "hausdorff_dt": Case(_multiclass_seg, logits=(0,)),
+    "cl_dice": Case(_multiclass_seg, logits=(0,)),
+    "dice_cl_dice": Case(_multiclass_seg, logits=(0,)),
 }
