@@ -8,6 +8,9 @@ gradient w.r.t. its logits is then contracted into the gradients of ``hidden``, 
 as eager autograd, instead of four when the backward recomputes the logits. The backward pass only
 rescales the stored gradients by ``grad_output`` (one backward per forward).
 
+The entropies are summed over column blocks (no second ``(C, V)`` buffer); the probabilities
+buffer is allocated only when the loss has an entropy term.
+
 ``row_loss(rows, logps, entropies)`` gives the loss of one chunk's rows from their ``(C,)`` log-probs
 and entropies (``None`` without entropies); autograd on those ``(C,)`` leaves yields ``a`` and ``b``.
 """
@@ -25,6 +28,22 @@ from .log_probs import _contract_rows, _store, _targets
 __all__ = ["RowLoss", "TokenLocalLinearLoss"]
 
 RowLoss = Callable[[Rows, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+# columns per block of the entropy's ``sum_j p_j log p_j`` (a small temporary instead of a second
+# ``(C, V)`` buffer)
+_ENTROPY_BLOCK = 4096
+
+
+def _entropy(logp: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    """``-sum_j exp(logp_j) logp_j`` per row of ``logp (C, V)``, through ``tmp (C, block)``."""
+    out = logp.new_zeros(logp.shape[0])
+    block = tmp.shape[1]
+    for j in range(0, logp.shape[1], block):
+        zb = logp[:, j : j + block]
+        t = torch.exp(zb, out=tmp[:, : zb.shape[1]])
+        out.sub_(t.mul_(zb).sum(1))
+    return out
 
 
 def _forward(
@@ -62,7 +81,9 @@ def _forward(
     cs = plan.chunk_size
     zbuf = torch.empty(cs, v, dtype=cdt, device=dev)
     zhalf = torch.empty(cs, v, dtype=hidden.dtype, device=dev) if hidden.dtype != cdt else None
-    pbuf = torch.empty(cs, v, dtype=cdt, device=dev) if entropy else None
+    pbuf: torch.Tensor | None = None  # probabilities, only when an entropy cotangent needs them
+    block = min(v, _ENTROPY_BLOCK)
+    tmp = torch.empty(cs, block, dtype=cdt, device=dev) if entropy else None
     for rows in plan.chunks:
         h_c = _rows_of(hidden, rows)
         c = h_c.shape[0]
@@ -72,10 +93,7 @@ def _forward(
         t2 = _targets(target, rows, plan.masked, ignore_index)
         log_softmax_(z)
         lp = z.gather(1, t2).squeeze(1)
-        h_ent = None
-        if pbuf is not None:
-            p = torch.exp(z, out=pbuf[:c])
-            h_ent = -torch.bmm(p.unsqueeze(1), z.unsqueeze(2)).reshape(c)
+        h_ent = None if tmp is None else _entropy(z, tmp[:c])
         keep = None if plan.valid is None else _rows_of(plan.valid, rows)
         if keep is not None:
             lp = torch.where(keep, lp, lp.new_zeros(()))
@@ -100,6 +118,8 @@ def _forward(
             bg = None if bg is None else torch.where(keep, bg, bg.new_zeros(()))
         if a is None:
             a = torch.zeros_like(bg)  # type: ignore[arg-type]
+        if bg is not None and pbuf is None:
+            pbuf = torch.empty(cs, v, dtype=cdt, device=dev)
         _contract_rows(z, pbuf, t2, lp, h_ent, a, bg, inv_t, h_c, weight, zhalf, rows, (gh, gw, gb))
     return total, logps, ent, (gh, gw, gb)
 
