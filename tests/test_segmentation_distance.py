@@ -173,6 +173,16 @@ def test_signed_distance_map_matches_loops():
     torch.testing.assert_close(signed_distance_map(~empty), torch.full((4, 5), 1 - math.sqrt(41.0)))
 
 
+def test_signed_distance_map_with_spacing_scales_and_stays_negative_inside():
+    """An isotropic spacing h scales the map by h; the inside stays <= 0 for h < 1."""
+    mask = torch.zeros(9, 9, dtype=torch.bool)
+    mask[2:7, 3:8] = True
+    unit = signed_distance_map(mask)
+    for h in (0.1, 2.5):
+        torch.testing.assert_close(signed_distance_map(mask, spacing=h), unit * h)
+        assert bool((signed_distance_map(mask, spacing=h)[mask] <= 0).all())
+
+
 def test_distance_errors_name_the_argument():
     with pytest.raises(LossValueError, match=r"spatial_dims must be an int in \[1, 2\], got 3"):
         distance_transform(torch.ones(2, 2), spatial_dims=3)

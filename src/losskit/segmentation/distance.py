@@ -172,11 +172,13 @@ def signed_distance_map(
     r"""Signed distance map of a 0/1 mask (Kervadec et al. 2019), as :func:`boundary_loss` uses it.
 
     .. math::
-        \phi(q) = d(q, G) \text{ outside } G, \qquad \phi(q) = -(d(q, \bar G) - 1) \text{ inside}
+        \phi(q) = d(q, G) \text{ outside } G, \qquad \phi(q) = -(d(q, \bar G) - h) \text{ inside}
 
-    with Euclidean distances (the discretisation of the authors' code: the innermost boundary
-    pixels get 0). Distances are capped at the image diagonal ``D_max``: a mask without foreground
-    gives ``D_max`` everywhere, one without background ``-(D_max - 1)``.
+    with Euclidean distances and ``h`` the smallest element spacing (1 by default: the
+    discretisation of the authors' code, where the innermost boundary pixels get 0; their code
+    subtracts 1 also with a spacing, which makes the inside positive for spacings below 1).
+    Distances are capped at the image diagonal ``D_max``: a mask without foreground gives
+    ``D_max`` everywhere, one without background ``-(D_max - h)``.
 
     Args:
         mask: boolean or 0/1 tensor, the last ``spatial_dims`` dimensions one image (e.g. a
@@ -193,9 +195,10 @@ def signed_distance_map(
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= mask.dim():
         raise LossValueError(f"spatial_dims must be an int in [1, {mask.dim()}], got {spatial_dims!r}")
     fg = mask != 0
-    inside, outside = _capped_distance(fg, k, _spacing(spacing, k))
+    h = _spacing(spacing, k)
+    inside, outside = _capped_distance(fg, k, h)
     # outside = distance of background elements to the foreground, inside = of foreground to background
-    return torch.where(fg, 1.0 - inside, outside)
+    return torch.where(fg, min(h) - inside, outside)
 
 
 # ----------------------------------------------------------------------------- losses
