@@ -125,12 +125,14 @@ def test_matches_loop_reference(name, reduction, with_bias, normalize):
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5, 64])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-def test_siglip_chunked_matches_loop_reference(chunk, reduction):
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_chunked_matches_loop_reference(name, chunk, reduction):
+    fn, ref = LOSSES[name]
     img, txt = _inputs(n=5)
     args = (img, txt, torch.tensor(math.log(10.0), dtype=DT), torch.tensor(-10.0, dtype=DT))
     assert_matches_reference(
-        lambda *a: LF.siglip_loss(*a, chunk_size=chunk, reduction=reduction),
-        lambda *a: ref_siglip(*a, reduction=reduction),
+        lambda *a: fn(*a, chunk_size=chunk, reduction=reduction),
+        lambda *a: ref(*a, reduction=reduction),
         args,
         (0, 1, 2, 3),
         rtol=1e-9,
@@ -139,14 +141,16 @@ def test_siglip_chunked_matches_loop_reference(chunk, reduction):
 
 
 @pytest.mark.parametrize("chunk", [None, 2])
-def test_siglip_partial_gradients(chunk):
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_partial_gradients(name, chunk):
     """Only some inputs need a gradient (frozen text tower, fixed scale): the others get none."""
+    fn, ref = LOSSES[name]
     img, txt = _inputs()
     img.requires_grad_(True)
-    loss = LF.siglip_loss(img, txt, math.log(10.0), -10.0, chunk_size=chunk)
+    loss = fn(img, txt, math.log(10.0), -10.0, chunk_size=chunk)
     (g,) = torch.autograd.grad(loss, [img])
     img_ref = img.detach().clone().requires_grad_(True)
-    (g_ref,) = torch.autograd.grad(ref_siglip(img_ref, txt, math.log(10.0), -10.0), [img_ref])
+    (g_ref,) = torch.autograd.grad(ref(img_ref, txt, math.log(10.0), -10.0), [img_ref])
     torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-10)
 
 
@@ -156,7 +160,8 @@ def test_float32_matches_reference():
         args = (img.float(), txt.float(), torch.tensor(math.log(10.0)), torch.tensor(-3.0))
         assert_matches_reference(fn, ref, args, (0, 1, 2, 3), rtol=1e-5, atol=1e-5)
     args = (img.float(), txt.float(), torch.tensor(math.log(10.0)), torch.tensor(-3.0))
-    assert_matches_reference(lambda *a: LF.siglip_loss(*a, chunk_size=3), ref_siglip, args, (0, 1, 2, 3))
+    for fn, ref in LOSSES.values():
+        assert_matches_reference(lambda *a, fn=fn: fn(*a, chunk_size=3), ref, args, (0, 1, 2, 3))
 
 
 def test_scale_is_capped_at_100_with_no_gradient_above():
@@ -180,9 +185,10 @@ def test_gradcheck(chunk):
     assert_gradcheck(
         lambda *a: LF.siglip_loss(*a, chunk_size=chunk, reduction="none"), (img, txt, ls, b), (0, 1, 2, 3)
     )
-    if chunk is None:
-        assert_gradcheck(LF.clip_loss, (img, txt, ls, b), (0, 1, 2, 3))
-        assert_gradcheck(lambda *a: LF.clip_loss(*a, reduction="none"), (img, txt, ls), (0, 1, 2))
+    assert_gradcheck(lambda *a: LF.clip_loss(*a, chunk_size=chunk), (img, txt, ls, b), (0, 1, 2, 3))
+    assert_gradcheck(
+        lambda *a: LF.clip_loss(*a, chunk_size=chunk, reduction="none"), (img, txt, ls), (0, 1, 2)
+    )
 
 
 # ============================================================================ 3. properties
@@ -247,16 +253,21 @@ def test_siglip_extreme_logits_stay_finite_and_exact():
             loss = LF.siglip_loss(leaf, txt.float(), LN100, bias, chunk_size=chunk)
             assert_finite_with_grads(loss, leaf)
             torch.testing.assert_close(loss.double(), ref_siglip(img, txt, LN100, bias), rtol=1e-6, atol=1e-3)
+        # CLIP at the capped scale: a stable log-sum-exp in both paths
+        leaf = (img.float() * 1e3).requires_grad_(True)
+        assert_finite_with_grads(LF.clip_loss(leaf, txt.float(), LN100, chunk_size=chunk), leaf)
 
 
 @pytest.mark.parametrize("chunk", [None, 3])
-def test_siglip_half_inputs_are_computed_in_float32(chunk):
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_half_inputs_are_computed_in_float32(name, chunk):
+    fn, _ = LOSSES[name]
     img, txt = _inputs(n=6)
     for dtype in (torch.float16, torch.bfloat16):
         a, b = img.to(dtype).requires_grad_(True), txt.to(dtype).requires_grad_(True)
-        loss = LF.siglip_loss(a, b, math.log(10.0), -10.0, chunk_size=chunk)
+        loss = fn(a, b, math.log(10.0), -10.0, chunk_size=chunk)
         assert loss.dtype == torch.float32
-        ref = LF.siglip_loss(a.detach().float(), b.detach().float(), math.log(10.0), -10.0)
+        ref = fn(a.detach().float(), b.detach().float(), math.log(10.0), -10.0)
         torch.testing.assert_close(loss, ref)
         ga, gb = torch.autograd.grad(loss, [a, b])
         assert ga.dtype == dtype and torch.isfinite(ga).all() and torch.isfinite(gb).all()
@@ -265,17 +276,19 @@ def test_siglip_half_inputs_are_computed_in_float32(chunk):
 # ============================================================================ memory: chunked SigLIP holds no (B, B) block
 
 
-def test_siglip_chunked_holds_no_pairwise_block():
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_chunked_holds_no_pairwise_block(name):
+    fn, _ = LOSSES[name]
     b, d = 1024, 16
     img, txt = rand(b, d, seed=3, dtype=torch.float32), rand(b, d, seed=4, dtype=torch.float32)
     ls, bias = torch.tensor(math.log(10.0)), torch.tensor(-10.0)
     args = (img, txt, ls, bias)
-    plain = held_bytes(lambda *a: LF.siglip_loss(*a), args, (0, 1, 2, 3))
-    chunked = held_bytes(lambda *a: LF.siglip_loss(*a, chunk_size=32), args, (0, 1, 2, 3))
+    plain = held_bytes(lambda *a: fn(*a), args, (0, 1, 2, 3))
+    chunked = held_bytes(lambda *a: fn(*a, chunk_size=32), args, (0, 1, 2, 3))
     block = b * b * 4
-    assert plain >= block  # the plain path keeps the signed logits for softplus' backward
-    assert chunked < block / 16  # the normalised features and their norms, nothing of size B^2
-    assert chunked <= 4 * b * d * 4 + 4 * b * 4 + 64
+    assert plain >= block  # the plain path keeps (B, B) tensors for backward (signed logits, softmax)
+    assert chunked < block / 16  # the normalised features, their norms, CLIP's log-normalisers
+    assert chunked <= 4 * b * d * 4 + 8 * b * 4 + 64
 
 
 # ============================================================================ 4. degenerate inputs
@@ -283,7 +296,10 @@ def test_siglip_chunked_holds_no_pairwise_block():
 
 @pytest.mark.parametrize("chunk", [None, 2])
 def test_empty_batch_is_a_connected_zero(chunk):
-    for fn in (LF.clip_loss, lambda *a, **k: LF.siglip_loss(*a, chunk_size=chunk, **k)):
+    for fn in (
+        lambda *a, **k: LF.clip_loss(*a, chunk_size=chunk, **k),
+        lambda *a, **k: LF.siglip_loss(*a, chunk_size=chunk, **k),
+    ):
         img = torch.zeros(0, 4, dtype=DT, requires_grad=True)
         txt = torch.zeros(0, 4, dtype=DT, requires_grad=True)
         ls = torch.tensor(1.0, dtype=DT, requires_grad=True)
@@ -295,6 +311,7 @@ def test_empty_batch_is_a_connected_zero(chunk):
 def test_single_pair():
     img, txt = _inputs(n=1)
     assert float(LF.clip_loss(img, txt, 2.0)) == 0.0  # one candidate: CE of a single class
+    assert float(LF.clip_loss(img, txt, 2.0, chunk_size=1)) == 0.0
     torch.testing.assert_close(
         LF.siglip_loss(img, txt, 2.0, -1.0, chunk_size=1), ref_siglip(img, txt, 2.0, -1.0)
     )
@@ -340,8 +357,9 @@ def test_bad_inputs_raise_clear_errors():
             fn(img, txt, 1.0, max_scale=0)
         with pytest.raises(LossValueError, match="reduction must be one of"):
             fn(img, txt, 1.0, reduction="avg")
-    with pytest.raises(LossValueError, match="chunk_size must be >= 1, got 0"):
-        LF.siglip_loss(img, txt, 1.0, chunk_size=0)
+    for fn in (LF.clip_loss, LF.siglip_loss):
+        with pytest.raises(LossValueError, match="chunk_size must be >= 1, got 0"):
+            fn(img, txt, 1.0, chunk_size=0)
     with pytest.raises(LossTypeError, match="chunk_size must be an int, got float"):
         losskit.SigLIPLoss(chunk_size=2.0)
     with pytest.raises(LossTypeError, match="init_logit_scale must be a number"):
@@ -378,6 +396,9 @@ def test_module_options_reach_the_functional():
     )
     m = losskit.CLIPLoss(0.5, reduction="none").double()
     torch.testing.assert_close(m(img, txt), ref_clip(img, txt, 0.5, reduction="none"))
+    m = losskit.CLIPLoss(0.5, -1.0, chunk_size=2, reduction="sum").double()
+    torch.testing.assert_close(m(img, txt), ref_clip(img, txt, 0.5, -1.0, reduction="sum"))
+    assert "chunk_size=None" in repr(losskit.CLIPLoss())
     assert "chunk_size=2" in repr(losskit.SigLIPLoss(chunk_size=2))
     assert copy.deepcopy(losskit.SigLIPLoss(chunk_size=3)).chunk_size == 3
 
@@ -398,7 +419,8 @@ def test_compile_fullgraph_equals_eager():
     img, txt = img.float(), txt.float()
     for fn in (LF.clip_loss, LF.siglip_loss):
         assert_compiles(lambda a, b, fn=fn: fn(a, b, torch.tensor(1.5), torch.tensor(-2.0)), img, txt)
-    assert_compiles(lambda a, b: LF.siglip_loss(a, b, torch.tensor(1.5), -2.0, chunk_size=2), img, txt)
+    for fn in (LF.clip_loss, LF.siglip_loss):
+        assert_compiles(lambda a, b, fn=fn: fn(a, b, torch.tensor(1.5), -2.0, chunk_size=2), img, txt)
 
 
 def test_registered_and_buildable():

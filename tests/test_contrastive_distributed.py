@@ -1,4 +1,4 @@
-"""CLIP, SigLIP, VICReg and Barlow Twins under real DDP (2 gloo processes, different data, SGD).
+"""CLIP, SigLIP (plain and chunked), VICReg and Barlow Twins under real DDP (2 gloo processes, different data, SGD).
 
 Two small float64 encoders (an "image" and a "text" tower) and the loss module (which owns CLIP's and
 SigLIP's logit scale and bias) form one model wrapped in DistributedDataParallel. Each rank holds
@@ -38,6 +38,8 @@ def _loss_module(kind: str, gather: bool) -> nn.Module:
         return losskit.CLIPLoss(init_logit_scale=1.0, **kw)
     if kind == "clip_bias":
         return losskit.CLIPLoss(init_logit_scale=1.0, init_logit_bias=-1.0, **kw)
+    if kind == "clip_chunked":
+        return losskit.CLIPLoss(init_logit_scale=1.0, init_logit_bias=-1.0, chunk_size=2, **kw)
     if kind == "clip_sum":
         return losskit.CLIPLoss(init_logit_scale=1.0, reduction="sum", **kw)
     if kind == "siglip":
@@ -84,7 +86,16 @@ def _worker(rank: int, world: int, runs: list[tuple[str, bool, list[int] | None]
     return [_run(kind, gather, sizes) for kind, gather, sizes in runs]
 
 
-KINDS = ["clip", "clip_bias", "clip_sum", "siglip", "siglip_chunked", "vicreg", "barlow_twins"]
+KINDS = [
+    "clip",
+    "clip_bias",
+    "clip_chunked",
+    "clip_sum",
+    "siglip",
+    "siglip_chunked",
+    "vicreg",
+    "barlow_twins",
+]
 
 
 @pytest.fixture(scope="module")
@@ -130,5 +141,5 @@ def test_scale_and_bias_are_trained_under_ddp(ddp_results):
 
 
 def test_flag_without_process_group_changes_nothing():
-    for kind in ("clip", "siglip_chunked", "vicreg", "barlow_twins"):
+    for kind in ("clip", "clip_chunked", "siglip_chunked", "vicreg", "barlow_twins"):
         _assert_same_run(_run(kind, True, None), _run(kind, False, None))

@@ -3,7 +3,7 @@
 Shapes are ``(B, D)``: ``B`` image-text pairs of dimension ``D``, float32; the inputs are the image and
 text features, the log-scale and the bias (all four receive gradients, as in training).
 
-* ``clip``: :func:`losskit.functional.clip_loss` vs the open_clip composition (normalise, one
+* ``clip``: :func:`losskit.functional.clip_loss`, plain and with ``chunk_size=256``, vs the open_clip composition (normalise, one
   ``(B, B)`` logits matrix, ``(CE(logits) + CE(logits.T)) / 2``);
 * ``siglip``: :func:`losskit.functional.siglip_loss`, plain and with ``chunk_size=256`` (blocks
   recomputed in backward), vs the big_vision composition (``(B, B)`` logits, ``2 * eye - 1`` labels,
@@ -21,7 +21,7 @@ from .cases import Case, Shape, Variant, _lf, register_case
 
 __all__ = ["eager_clip", "eager_siglip", "make_image_text"]
 
-SIGLIP_CHUNK = 256
+CHUNK = 256
 
 
 def eager_clip(
@@ -56,6 +56,12 @@ def _clip_variants() -> list[Variant]:
     LF = _lf()
     return [
         Variant("losskit.clip_loss", "losskit", lambda i, t, s, b: LF.clip_loss(i, t, s)),
+        Variant(
+            f"losskit.clip_loss (chunk_size={CHUNK})",
+            "losskit",
+            lambda i, t, s, b: LF.clip_loss(i, t, s, chunk_size=CHUNK),
+            note="blocks recomputed in backward",
+        ),
         Variant("eager (open_clip: (B, B) logits, CE both ways)", "eager", eager_clip),
     ]
 
@@ -65,9 +71,9 @@ def _siglip_variants() -> list[Variant]:
     return [
         Variant("losskit.siglip_loss", "losskit", LF.siglip_loss),
         Variant(
-            f"losskit.siglip_loss (chunk_size={SIGLIP_CHUNK})",
+            f"losskit.siglip_loss (chunk_size={CHUNK})",
             "losskit",
-            lambda i, t, s, b: LF.siglip_loss(i, t, s, b, chunk_size=SIGLIP_CHUNK),
+            lambda i, t, s, b: LF.siglip_loss(i, t, s, b, chunk_size=CHUNK),
             note="blocks recomputed in backward",
         ),
         Variant("eager (big_vision: (B, B) logits, logsigmoid)", "eager", eager_siglip),

@@ -144,6 +144,7 @@ def clip_loss(
     *,
     normalize: bool = True,
     max_scale: float | None = MAX_SCALE,
+    chunk_size: int | None = None,
     reduction: str = "mean",
     gather_distributed: bool = False,
 ) -> torch.Tensor:
@@ -168,6 +169,11 @@ def clip_loss(
         logit_bias: optional additive bias.
         normalize: L2-normalise the features first (see the module notes).
         max_scale: cap on ``exp(logit_scale)`` (open_clip: 100); ``None``: no cap.
+        chunk_size: compute ``chunk_size`` rows at a time in a custom autograd function that keeps
+            only the features and the ``B`` log-normalisers of each direction for backward and
+            recomputes the blocks there: O(B D) held instead of the two ``(B, B)`` softmax outputs,
+            at the cost of recomputing the similarity matrix (first-order gradients only). ``None``:
+            ordinary ops (fastest; what open_clip does).
         reduction: ``'mean' | 'sum' | 'none'`` (``'none'``: the ``(B,)`` per-pair losses).
         gather_distributed: local rows against every rank's features, gathered with gradient (see
             the module notes); ``'none'`` returns this rank's rows.
@@ -178,11 +184,20 @@ def clip_loss(
         tensor(0.3133)
     """
     check_reduction(reduction)
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size, low=1)
     img, txt, scale, bias = _prepare(
         image_features, text_features, logit_scale, logit_bias, normalize, max_scale
     )
     gathered = _gathering(gather_distributed)
     img_all, txt_all, offset = _gather_pairs(img, txt) if gathered else (img, txt, 0)
+    if chunk_size is not None:
+        b = img.new_zeros(()) if bias is None else bias
+        per_pair = 0.5 * (
+            _PairBlocks.apply(img, txt_all, scale, b, offset, chunk_size, "softmax")
+            + _PairBlocks.apply(txt, img_all, scale, b, offset, chunk_size, "softmax")
+        )
+        return _reduce(per_pair, reduction, gathered)
     labels = torch.arange(img.shape[0], device=img.device) + offset
     logits_i2t = (img * scale) @ txt_all.T
     logits_t2i = (txt * scale) @ img_all.T if gathered else logits_i2t.T
@@ -217,6 +232,7 @@ class CLIPLoss(nn.Module):
         *,
         max_scale: float | None = MAX_SCALE,
         normalize: bool = True,
+        chunk_size: int | None = None,
         reduction: str = "mean",
         gather_distributed: bool = False,
     ) -> None:
@@ -224,6 +240,7 @@ class CLIPLoss(nn.Module):
         _init_params(self, init_logit_scale, init_logit_bias)
         self.max_scale = _check_max_scale(max_scale)
         self.normalize = bool(normalize)
+        self.chunk_size = check_int("chunk_size", chunk_size, low=1, allow_none=True)
         self.reduction = check_reduction(reduction)
         self.gather_distributed = bool(gather_distributed)
 
@@ -235,6 +252,7 @@ class CLIPLoss(nn.Module):
             self.logit_bias,
             normalize=self.normalize,
             max_scale=self.max_scale,
+            chunk_size=self.chunk_size,
             reduction=self.reduction,
             gather_distributed=self.gather_distributed,
         )
@@ -254,93 +272,95 @@ def _init_params(module: nn.Module, init_scale: float, init_bias: float | None) 
 
 
 def _repr(module: nn.Module) -> str:
-    extra = f", chunk_size={module.chunk_size}" if hasattr(module, "chunk_size") else ""
     return (
         f"max_scale={module.max_scale}, normalize={module.normalize}, reduction={module.reduction!r}, "
-        f"bias={module.logit_bias is not None}{extra}"
+        f"bias={module.logit_bias is not None}, chunk_size={module.chunk_size}"
     )
 
 
 # ============================================================================ SigLIP
 
 
-def _signed_block(
-    img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, first_pos: int
+def _block_logits(
+    q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, first_pos: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(logits, rows, pos_cols)`` of one row block: row ``i``'s positive is column ``first_pos + i``."""
-    logits = (img @ txt.T).mul_(scale).add_(bias)
-    rows = torch.arange(img.shape[0], device=img.device)
+    logits = (q @ k.T).mul_(scale).add_(bias)
+    rows = torch.arange(q.shape[0], device=q.device)
     return logits, rows, rows + first_pos
 
 
-class _SigLIPBlocks(torch.autograd.Function):
-    """Per-row SigLIP sums, computed ``chunk`` rows at a time; the blocks are recomputed in backward.
+class _PairBlocks(torch.autograd.Function):
+    """Per-row losses of queries ``q`` against keys ``k`` (row ``i``'s positive is key ``offset + i``),
+    computed ``chunk`` rows at a time and recomputed block by block in backward.
 
-    Only the inputs (``img``, ``txt``, the scalars) are kept for backward, never a ``(B, B)`` block: the
-    memory held between forward and backward is O((B_local + B_all) D), the transient one
-    O(chunk * B_all).
+    ``kind='sigmoid'`` (SigLIP): row sum of ``-log sigmoid(+-l)``; ``kind='softmax'`` (one direction of
+    CLIP): the row's cross-entropy ``logsumexp(l) - l_pos`` (the ``B_local`` log-normalisers are kept).
+    Only the inputs are kept for backward, never a ``(B, B)`` block: O((B_local + B_all) D) held, a
+    transient O(chunk * B_all).
     """
 
     @staticmethod
     def forward(
         ctx: Any,
-        img: torch.Tensor,
-        txt: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
         scale: torch.Tensor,
         bias: torch.Tensor,
         offset: int,
         chunk: int,
+        kind: str,
     ) -> torch.Tensor:
-        ctx.save_for_backward(img, txt, scale, bias)
-        ctx.offset, ctx.chunk = offset, chunk
-        out = img.new_empty(img.shape[0])
-        for start in range(0, img.shape[0], chunk):
-            stop = min(start + chunk, img.shape[0])
-            logits, rows, pos = _signed_block(img[start:stop], txt, scale, bias, offset + start)
-            # every pair is a negative (softplus(l) = -log sigmoid(-l)) except the positive: -log sigmoid(l)
+        out = q.new_empty(q.shape[0])
+        lse = q.new_empty(q.shape[0]) if kind == "softmax" else None
+        for start in range(0, q.shape[0], chunk):
+            stop = min(start + chunk, q.shape[0])
+            logits, rows, pos = _block_logits(q[start:stop], k, scale, bias, offset + start)
             pos_logit = logits[rows, pos]
+            if lse is not None:
+                lse[start:stop] = torch.logsumexp(logits, dim=1)
+                out[start:stop] = lse[start:stop] - pos_logit
+                continue
+            # every pair is a negative (softplus(l) = -log sigmoid(-l)) except the positive: -log sigmoid(l)
             loss = F.softplus(logits)
             loss[rows, pos] = F.softplus(-pos_logit)
             out[start:stop] = loss.sum(dim=1)
+        ctx.save_for_backward(q, k, scale, bias, *(() if lse is None else (lse,)))
+        ctx.offset, ctx.chunk, ctx.kind = offset, chunk, kind
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_rows: torch.Tensor) -> tuple[Any, ...]:
-        img, txt, scale, bias = ctx.saved_tensors
-        need_img, need_txt, need_scale, need_bias = ctx.needs_input_grad[:4]
-        g_img = torch.zeros_like(img) if need_img or need_scale else None
-        g_txt = torch.zeros_like(txt) if need_txt else None
-        g_bias = img.new_zeros(())
-        for start in range(0, img.shape[0], ctx.chunk):
-            stop = min(start + ctx.chunk, img.shape[0])
-            blk = img[start:stop]
-            logits, rows, pos = _signed_block(blk, txt, scale, bias, ctx.offset + start)
-            pos_logit = logits[rows, pos]
-            d = (
-                logits.sigmoid_()
-            )  # d loss / d logit = sigmoid(l) for a negative, -sigmoid(-l) for the positive
-            d[rows, pos] = -torch.sigmoid(-pos_logit)
+        q, k, scale, bias, *rest = ctx.saved_tensors
+        need_q, need_k, need_scale, need_bias = ctx.needs_input_grad[:4]
+        g_q = torch.zeros_like(q) if need_q or need_scale else None
+        g_k = torch.zeros_like(k) if need_k else None
+        g_bias = q.new_zeros(())
+        for start in range(0, q.shape[0], ctx.chunk):
+            stop = min(start + ctx.chunk, q.shape[0])
+            blk = q[start:stop]
+            logits, rows, pos = _block_logits(blk, k, scale, bias, ctx.offset + start)
+            if ctx.kind == "softmax":  # d CE / d l = softmax(l) - onehot(pos)
+                d = logits.sub_(rest[0][start:stop, None]).exp_()
+                d[rows, pos] -= 1.0
+            else:  # d / d l = sigmoid(l) for a negative, -sigmoid(-l) for the positive
+                pos_logit = logits[rows, pos]
+                d = logits.sigmoid_()
+                d[rows, pos] = -torch.sigmoid(-pos_logit)
             d.mul_(grad_rows[start:stop, None])
             if need_bias:
                 g_bias = g_bias + d.sum()
-            if g_img is not None:
-                g_img[start:stop] = d @ txt  # times scale below
-            if g_txt is not None:
-                g_txt.addmm_(d.T, blk)
-        g_scale = (g_img * img).sum() if need_scale and g_img is not None else None
-        if g_img is not None:
-            g_img.mul_(scale)
-        if g_txt is not None:
-            g_txt.mul_(scale)
-        return (
-            g_img if need_img else None,
-            g_txt,
-            g_scale,
-            g_bias if need_bias else None,
-            None,
-            None,
-        )
+            if g_q is not None:
+                g_q[start:stop] = d @ k  # times scale below
+            if g_k is not None:
+                g_k.addmm_(d.T, blk)
+        g_scale = (g_q * q).sum() if need_scale and g_q is not None else None
+        if g_q is not None:
+            g_q.mul_(scale)
+        if g_k is not None:
+            g_k.mul_(scale)
+        return (g_q if need_q else None, g_k, g_scale, g_bias if need_bias else None, None, None, None)
 
 
 def _siglip_rows(
@@ -353,7 +373,7 @@ def _siglip_rows(
 ) -> torch.Tensor:
     """``(B_local,)`` row sums of ``-log sigmoid(z_ij l_ij)`` against all texts."""
     if chunk_size is not None:
-        return _SigLIPBlocks.apply(img, txt_all, scale, bias, offset, chunk_size)
+        return _PairBlocks.apply(img, txt_all, scale, bias, offset, chunk_size, "sigmoid")
     logits = (img * scale) @ txt_all.T + bias
     pos = (torch.arange(img.shape[0], device=img.device) + offset)[:, None]
     # flip the sign of the positive logit: the loss of every entry is then softplus(entry)
@@ -481,7 +501,7 @@ register(
     family=FAMILY,
     functional=clip_loss,
     source="Radford et al. 2021 (CLIP); open_clip",
-    notes="learnable log-scale (capped at 100) and optional bias; exact local loss under DDP",
+    notes="learnable log-scale (capped at 100), optional bias; chunk_size: O(B D) held; exact under DDP",
 )
 register(
     "siglip",
