@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import (  # noqa: F401  (register their cases)
     cases_contrastive,
     cases_embedding,
+    cases_image,
     cases_language,
     cases_preference,
     cases_rl,
