@@ -515,3 +515,45 @@ def test_registered_by_name():
         assert name in losskit.available("image")
     assert isinstance(losskit.build("tv"), losskit.TotalVariationLoss)
     assert "win_size=5" in repr(losskit.build("ssim", win_size=5))
+
+
+# ----------------------------------------------------------------------------- the separable filter kernel
+
+
+def _saved_bytes(fn, *args):
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*args)
+    return total
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 20, 19), (1, 2, 9, 8, 10)], ids=["2d", "3d"])
+def test_filter_kernel_equals_plain_autograd_and_holds_less(shape):
+    from losskit._kernels import fused_kernels
+
+    x, y = _images(shape, seed=24)
+    fn = lambda a, b: LF.ms_ssim_loss(a, b, weights=(0.5, 0.5), win_size=3)  # noqa: E731
+    with fused_kernels(False):
+        want = fn(x, y)
+        xr, yr = x.clone().requires_grad_(), y.clone().requires_grad_()
+        want_grads = torch.autograd.grad(fn(xr, yr), (xr, yr))
+        plain_held = _saved_bytes(fn, xr, yr)
+    xk, yk = x.clone().requires_grad_(), y.clone().requires_grad_()
+    got = fn(xk, yk)
+    grads = torch.autograd.grad(got, (xk, yk))
+    torch.testing.assert_close(got.detach(), want, rtol=1e-12, atol=1e-14)
+    for g, w in zip(grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-14)
+    assert _saved_bytes(fn, xk, yk) < plain_held
+
+
+def test_double_backward_through_the_filter_kernel():
+    x, y = _images((1, 1, 6, 7), seed=25)
+    fn = lambda a: LF.ssim_loss(a, y, win_size=3)  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, (x.clone().requires_grad_(),))

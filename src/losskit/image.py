@@ -27,6 +27,8 @@ from ._checks import (
     check_same_shape,
     shape_str,
 )
+from ._kernels import fused_kernels_enabled
+from ._kernels.gaussian import separable_filter, separable_filter_plain
 from ._reduction import reduce_loss, upcast
 from .registry import register
 
@@ -101,15 +103,12 @@ def _gaussian(win_size: int, sigma: float, dtype: torch.dtype, device: torch.dev
 def _filter(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
     """Valid (unpadded) separable Gaussian filter of every channel of ``(N, K, *spatial)``.
 
-    One grouped 1-D convolution per spatial axis.
+    One grouped 1-D convolution per spatial axis; through an autograd function that holds no
+    activation for backward unless fused kernels are switched off (then plain autograd convolutions).
     """
-    k, nd = x.shape[1], x.dim() - 2
-    conv = F.conv2d if nd == 2 else F.conv3d
-    for axis in range(nd):
-        shape = [1, 1] + [1] * nd
-        shape[2 + axis] = window.numel()
-        x = conv(x, window.reshape(shape).expand(k, *shape[1:]), groups=k)
-    return x
+    if fused_kernels_enabled():
+        return separable_filter(x, window)
+    return separable_filter_plain(x, window)
 
 
 def _ssim_maps(

@@ -1,0 +1,59 @@
+"""Valid separable filtering of many maps with one 1-D window, holding nothing for backward.
+
+``separable_filter(x, window)`` filters every channel of ``(N, K, *spatial)`` (2 or 3 spatial dims)
+along each spatial axis with ``window`` and keeps only the positions where the window fits. It is
+linear in ``x``, so its backward needs only the window: the adjoint of a valid correlation is the full
+correlation with the flipped window (the output gradient zero-padded by ``len(window) - 1``). The
+autograd function saves the window and no activation (plain ``conv2d`` saves each convolution's
+input: the stacked maps and the once-filtered intermediate). The backward is built from plain
+convolutions, so double backward works.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["separable_filter", "separable_filter_plain"]
+
+
+def _conv_along(x: torch.Tensor, window: torch.Tensor, axis: int, padding: int) -> torch.Tensor:
+    k, nd = x.shape[1], x.dim() - 2
+    shape = [1, 1] + [1] * nd
+    shape[2 + axis] = window.numel()
+    weight = window.reshape(shape).expand(k, *shape[1:])
+    pad = [0] * nd
+    pad[axis] = padding
+    conv = F.conv2d if nd == 2 else F.conv3d
+    return conv(x, weight, padding=tuple(pad), groups=k)
+
+
+def separable_filter_plain(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """The filter as plain grouped convolutions (one per spatial axis), differentiated by autograd."""
+    for axis in range(x.dim() - 2):
+        x = _conv_along(x, window, axis, 0)
+    return x
+
+
+def _adjoint(g: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    flipped = window.flip(0)
+    for axis in reversed(range(g.dim() - 2)):
+        g = _conv_along(g, flipped, axis, window.numel() - 1)
+    return g
+
+
+class _SeparableFilter(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(window)
+        return separable_filter_plain(x, window)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (window,) = ctx.saved_tensors
+        return _adjoint(grad, window), None
+
+
+def separable_filter(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Valid separable filter of ``(N, K, *spatial)``; saves only ``window`` for backward."""
+    return _SeparableFilter.apply(x, window)
