@@ -518,3 +518,23 @@ def test_registered_and_buildable():
 def test_compile_fullgraph_equals_eager(name):
     emb, lab = rand(8, 3, seed=25, dtype=torch.float32), labels_of(8, 3, seed=25)
     assert_compiles(lambda e: getattr(LF, name)(e, lab), emb)
+
+
+# ============================================================================ peer cross-check (optional)
+
+
+def test_values_equal_pytorch_metric_learning_when_installed():
+    pml = pytest.importorskip("pytorch_metric_learning")
+    from pytorch_metric_learning import losses, miners
+
+    assert pml.__version__
+    emb, lab = rand(16, 5, seed=30), torch.arange(16) % 4
+    for alpha, beta, base, eps in ((2.0, 50.0, 0.5, 0.1), (1.0, 10.0, 0.3, 0.3)):
+        peer = losses.MultiSimilarityLoss(alpha, beta, base)(
+            emb, lab, miners.MultiSimilarityMiner(eps)(emb, lab)
+        )
+        torch.testing.assert_close(LF.multi_similarity_loss(emb, lab, alpha, beta, base, eps), peer)
+    for m, gamma in ((0.25, 256.0), (0.4, 32.0)):
+        torch.testing.assert_close(
+            LF.circle_loss(emb, lab, m, gamma), losses.CircleLoss(m=m, gamma=gamma)(emb, lab)
+        )

@@ -242,3 +242,23 @@ def test_sub_center_arcface_module_errors_and_degenerate():
         assert loss.dtype == torch.float32
         assert_finite_with_grads(loss, e)
     assert_compiles(lambda e: LF.angular_margin_loss(e, module.weight.detach(), lab), emb)
+
+
+# ============================================================================ peer cross-check (optional)
+
+
+def test_values_equal_pytorch_metric_learning_when_installed():
+    pytest.importorskip("pytorch_metric_learning")
+    from pytorch_metric_learning import losses
+
+    emb, lab = rand(16, 5, seed=40), torch.arange(16) % 4
+    torch.manual_seed(0)
+    peer = losses.ProxyAnchorLoss(4, 5, margin=0.1, alpha=32).double()
+    torch.testing.assert_close(LF.proxy_anchor_loss(emb, lab, peer.proxies.detach()), peer(emb, lab).detach())
+    # PML's sub-centre ArcFace: W is (D, C * K) with each class's K sub-centres adjacent; margin in degrees
+    sub = losses.SubCenterArcFaceLoss(
+        num_classes=4, embedding_size=5, margin=math.degrees(0.3), scale=16, sub_centers=3
+    )
+    sub = sub.double()
+    weight = sub.W.detach().T.reshape(4, 3, 5)
+    torch.testing.assert_close(LF.angular_margin_loss(emb, weight, lab, 16.0, 0.3), sub(emb, lab).detach())
