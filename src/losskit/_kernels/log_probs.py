@@ -33,7 +33,13 @@ from torch.autograd.function import once_differentiable
 
 from .linear_ce import RowPlan, _rows_of, compute_dtype, log_softmax_, logits_into
 
-__all__ = ["LinearLogProbs", "PairedLinearLoss", "linear_log_probs_rows", "pair_groups"]
+__all__ = [
+    "LinearLogProbs",
+    "PairedLinearLoss",
+    "linear_log_probs_rows",
+    "pair_groups",
+    "release_forward_grads",
+]
 
 
 def _targets(target: torch.Tensor, rows, masked: bool, ignore_index: int) -> torch.Tensor:
@@ -509,6 +515,31 @@ def _pair_forward(
     return total * scale, ghs, gw, gb
 
 
+def release_forward_grads(ctx, grad_out: torch.Tensor, what: str) -> tuple[torch.Tensor | None, ...]:
+    """The gradients a grads-in-forward Function stored as ``ctx.grads = (..., gw, gb)`` (weight and
+    bias last, accumulated in float32), scaled by the scalar ``grad_out`` and cast back to
+    ``ctx.dtypes = (weight dtype, bias dtype)``; a second backward raises."""
+    grads = ctx.grads
+    if grads is None:
+        raise RuntimeError(
+            f"this fused {what} loss computes its gradients in the forward pass and supports one backward "
+            "per forward; recompute the loss to backward again"
+        )
+    ctx.grads = None
+    g = grad_out.reshape(())
+    if g.device.type != "cpu" or float(g) != 1.0:
+        for t in grads:
+            if t is not None:
+                t.mul_(g.to(t.dtype))
+    *rest, gw, gb = grads
+    w_dtype, b_dtype = ctx.dtypes
+    if gw is not None and gw.dtype != w_dtype:
+        gw = gw.to(w_dtype)
+    if gb is not None and b_dtype is not None and gb.dtype != b_dtype:
+        gb = gb.to(b_dtype)
+    return (*rest, gw, gb)
+
+
 class PairedLinearLoss(torch.autograd.Function):
     """``scale * sum_j pair_loss(s_w[j], s_l[j])`` of the sequence log-probs of pairs of completions;
     gradients computed during the forward pass (the loss of a pair depends only on that pair), the
@@ -556,22 +587,5 @@ class PairedLinearLoss(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        grads = ctx.grads
-        if grads is None:
-            raise RuntimeError(
-                "this fused pair loss computes its gradients in the forward pass and supports one backward "
-                "per forward; recompute the loss to backward again"
-            )
-        ctx.grads = None
-        g = grad_out.reshape(())
-        if g.device.type != "cpu" or float(g) != 1.0:
-            for t in grads:
-                if t is not None:
-                    t.mul_(g.to(t.dtype))
-        gh_w, gh_l, gw, gb = grads
-        w_dtype, b_dtype = ctx.dtypes
-        if gw is not None and gw.dtype != w_dtype:
-            gw = gw.to(w_dtype)
-        if gb is not None and b_dtype is not None and gb.dtype != b_dtype:
-            gb = gb.to(b_dtype)
+        gh_w, gh_l, gw, gb = release_forward_grads(ctx, grad_out, "pair")
         return gh_w, gh_l, gw, gb, None, None, None, None

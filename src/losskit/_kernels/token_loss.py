@@ -23,7 +23,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .linear_ce import RowPlan, Rows, _rows_of, compute_dtype, log_softmax_, logits_into
-from .log_probs import _contract_rows, _store, _targets
+from .log_probs import _contract_rows, _store, _targets, release_forward_grads
 
 __all__ = ["RowLoss", "TokenLocalLinearLoss"]
 
@@ -153,22 +153,5 @@ class TokenLocalLinearLoss(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_total: torch.Tensor, *_: torch.Tensor):  # type: ignore[override]
-        grads = ctx.grads
-        if grads is None:
-            raise RuntimeError(
-                "this fused token loss computes its gradients in the forward pass and supports one backward "
-                "per forward; recompute the loss to backward again"
-            )
-        ctx.grads = None
-        g = grad_total.reshape(())
-        if g.device.type != "cpu" or float(g) != 1.0:
-            for t in grads:
-                if t is not None:
-                    t.mul_(g.to(t.dtype))
-        gh, gw, gb = grads
-        w_dtype, b_dtype = ctx.dtypes
-        if gw is not None and gw.dtype != w_dtype:
-            gw = gw.to(w_dtype)
-        if gb is not None and b_dtype is not None and gb.dtype != b_dtype:
-            gb = gb.to(b_dtype)
+        gh, gw, gb = release_forward_grads(ctx, grad_total, "token")
         return gh, gw, gb, None, None, None, None
