@@ -201,3 +201,33 @@ def test_errors():
     with pytest.raises(LossValueError, match=r"labels has shape \(3,\), expected \(2,\)"):
         xbm(torch.randn(2, 3), torch.tensor([0, 1, 2]))
     assert "memory_size=4" in repr(xbm)
+
+
+def ref_batch_hard_with_memory(emb, labels, mem, mem_labels, margin):
+    """Batch-hard triplet: per query, the farthest positive and closest negative among the other batch
+    rows and the memory; mean over queries with both."""
+    cands, cl = torch.cat([emb, mem]), torch.cat([labels, mem_labels])
+    losses = []
+    for i in range(emb.shape[0]):
+        d = [((emb[i] - cands[j]) ** 2).sum().sqrt() for j in range(cands.shape[0])]
+        pos = [d[j] for j in range(cands.shape[0]) if j != i and cl[j] == labels[i]]
+        neg = [d[j] for j in range(cands.shape[0]) if cl[j] != labels[i]]
+        if pos and neg:
+            hardest = max(pos, key=lambda x: float(x.detach())) - min(neg, key=lambda x: float(x.detach()))
+            losses.append(torch.clamp(hardest + margin, min=0.0))
+    return sum(losses) / max(len(losses), 1)
+
+
+def test_triplet_with_memory_matches_loop_reference():
+    xbm = CrossBatchMemory(losskit.TripletLoss(margin=0.3), embedding_size=3, memory_size=5).double()
+    history = batches(3)
+    for emb, lab in history[:-1]:
+        xbm(emb, lab)
+    mem, mem_l = xbm.embedding_memory.clone(), xbm.label_memory.clone()
+    emb, lab = history[-1]
+    e, e2 = emb.clone().requires_grad_(True), emb.clone().requires_grad_(True)
+    got, want = xbm(e, lab), ref_batch_hard_with_memory(e2, lab, mem, mem_l, 0.3)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        torch.autograd.grad(got, e)[0], torch.autograd.grad(want, e2)[0], rtol=1e-9, atol=1e-12
+    )

@@ -154,7 +154,7 @@ def ref_pairs_with_reference(emb, labels, ref, ref_labels, pos_margin, neg_margi
                 neg_terms.append(torch.clamp(neg_margin - d, min=0.0))
     total = torch.zeros((), dtype=DT) + 0.0 * emb.sum()
     for terms in (pos_terms, neg_terms):
-        count = sum(1 for t in terms if float(t) > 0)
+        count = sum(1 for t in terms if float(t.detach()) > 0)
         if count:
             total = total + sum(terms) / count
     return total
@@ -176,6 +176,20 @@ def ref_triplet_hard_with_reference(emb, labels, ref, ref_labels, margin):
                 )
             )
     return sum(losses) / max(len(losses), 1)
+
+
+def ref_triplet_all_with_reference(emb, labels, ref, ref_labels, margin):
+    """Every (query, positive, negative) from the reference set; mean over the active triplets."""
+    active = []
+    for i in range(emb.shape[0]):
+        d = [((emb[i] - ref[k]) ** 2).sum().sqrt() for k in range(ref.shape[0])]
+        for p in range(ref.shape[0]):
+            for n in range(ref.shape[0]):
+                if ref_labels[p] == labels[i] and ref_labels[n] != labels[i]:
+                    v = d[p] - d[n] + margin
+                    if float(v) > 0:
+                        active.append(v)
+    return sum(active) / max(len(active), 1)
 
 
 # ============================================================================ 1. references
@@ -269,6 +283,8 @@ def test_triplet_reference_set_equals_loop_reference(mining):
             rtol=1e-9,
             atol=1e-10,
         )
+    elif mining == "batch_all":
+        torch.testing.assert_close(got, ref_triplet_all_with_reference(q, ql, r, rl, 0.3))
     else:
         # a reference set that is a copy of the batch: every anchor also meets its own copy as a positive
         same = LF.triplet_loss(q, ql, 0.3, mining=mining, ref_embeddings=q.clone(), ref_labels=ql)
