@@ -28,7 +28,7 @@ UNTUNED = ("lovasz", "dice+boundary", "dice+cldice")
 LR.update(dict.fromkeys(UNTUNED, 3e-2))
 BOUNDARY_WEIGHT = 1.0  # on distances in image widths (spacing 1 / SIZE), so both terms are O(1)
 CLDICE_ALPHA = 0.5  # (1 - alpha) Dice + alpha clDice, the authors' default
-COLLAPSED = 10.0  # test Dice % below which a run counts as stuck at an (almost) empty mask
+COLLAPSED = 10.0  # test Dice % below which a run counts as collapsed (an almost empty or almost full mask)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -162,6 +162,7 @@ def run(ctx: LabContext) -> ExperimentResult:
     )
     precision: dict[str, list[float]] = {m: [] for m in losses}
     recall: dict[str, list[float]] = {m: [] for m in losses}
+    covered: dict[str, list[float]] = {m: [] for m in losses}  # % of test pixels predicted foreground
     res.methods = {m: [] for m in losses}
     shown: dict[str, torch.Tensor] = {}
     d, data_seed = d0, seeds[0]
@@ -175,15 +176,25 @@ def run(ctx: LabContext) -> ExperimentResult:
         res.methods[m].append(dice)
         precision[m].append(prec)
         recall[m].append(rec)
+        covered[m].append(float(100 * (logits > 0).float().mean()))
         if seed == seeds[0]:
             shown[m] = logits[:4]
-    stuck = {m: sum(v < COLLAPSED for v in vals) for m, vals in res.methods.items()}
-    for m, k in stuck.items():
-        if k:
+    # a collapsed run predicts (almost) nothing or (almost) the whole image: tell the two apart
+    stuck: dict[str, dict[str, int]] = {}
+    for m, vals in res.methods.items():
+        kinds = [
+            "whole image" if c > 50.0 else "empty mask" for v, c in zip(vals, covered[m]) if v < COLLAPSED
+        ]
+        stuck[m] = {k: kinds.count(k) for k in ("empty mask", "whole image") if k in kinds}
+    what = {
+        "empty mask": "predicting background (logit < 0) almost everywhere",
+        "whole image": "predicting foreground (logit > 0) on more than half of the pixels",
+    }
+    for m, kinds in stuck.items():
+        for kind, k in kinds.items():
             res.notes.append(
-                f"{m}: {k}/{len(seeds)} runs ended with an empty or almost empty test mask (Dice < "
-                f"{COLLAPSED:g}%), included in the mean: the net ended up predicting background (logit < 0) almost "
-                "everywhere."
+                f"{m}: {k}/{len(seeds)} runs ended with a collapsed test mask (Dice < {COLLAPSED:g}%, "
+                f"{kind}), included in the mean: the net ended up {what[kind]}."
             )
     if any(stuck.values()) and len(seeds) > 1:
         from ..report import conclude
@@ -191,8 +202,10 @@ def run(ctx: LabContext) -> ExperimentResult:
         res.seeds = list(seeds)
         res.conclusion = (
             conclude(res).rstrip(".")
-            + "; runs stuck at an empty mask: "
-            + ", ".join(f"{m} {k}/{len(seeds)}" for m, k in stuck.items() if k)
+            + "; collapsed runs: "
+            + ", ".join(
+                f"{m} {k}/{len(seeds)} ({kind})" for m, kinds in stuck.items() for kind, k in kinds.items()
+            )
             + "."
         )
     _compare_with_dice(res)
