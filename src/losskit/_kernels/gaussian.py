@@ -3,7 +3,7 @@
 ``separable_filter(x, window)`` filters every channel of ``(N, K, *spatial)`` (2 or 3 spatial dims)
 along each spatial axis with ``window`` and keeps only the positions where the window fits. It is
 linear in ``x``, so its backward needs only the window: the adjoint of a valid correlation is the full
-correlation with the flipped window (the output gradient zero-padded by ``len(window) - 1``). The
+correlation with the flipped window, i.e. a transposed convolution with the window itself. The
 autograd function saves the window and no activation (plain ``conv2d`` saves each convolution's
 input: the stacked maps and the once-filtered intermediate). The backward is built from plain
 convolutions, so double backward works.
@@ -17,28 +17,30 @@ import torch.nn.functional as F
 __all__ = ["separable_filter", "separable_filter_plain"]
 
 
-def _conv_along(x: torch.Tensor, window: torch.Tensor, axis: int, padding: int) -> torch.Tensor:
+def _conv_along(x: torch.Tensor, window: torch.Tensor, axis: int) -> torch.Tensor:
     k, nd = x.shape[1], x.dim() - 2
     shape = [1, 1] + [1] * nd
     shape[2 + axis] = window.numel()
     weight = window.reshape(shape).expand(k, *shape[1:])
-    pad = [0] * nd
-    pad[axis] = padding
     conv = F.conv2d if nd == 2 else F.conv3d
-    return conv(x, weight, padding=tuple(pad), groups=k)
+    return conv(x, weight, groups=k)
 
 
 def separable_filter_plain(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
     """The filter as plain grouped convolutions (one per spatial axis), differentiated by autograd."""
     for axis in range(x.dim() - 2):
-        x = _conv_along(x, window, axis, 0)
+        x = _conv_along(x, window, axis)
     return x
 
 
 def _adjoint(g: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    flipped = window.flip(0)
-    for axis in reversed(range(g.dim() - 2)):
-        g = _conv_along(g, flipped, axis, window.numel() - 1)
+    """The transpose of :func:`separable_filter_plain` (transposed convolutions, the last axis first)."""
+    k, nd = g.shape[1], g.dim() - 2
+    conv_t = F.conv_transpose2d if nd == 2 else F.conv_transpose3d
+    for axis in reversed(range(nd)):
+        shape = [1, 1] + [1] * nd
+        shape[2 + axis] = window.numel()
+        g = conv_t(g, window.reshape(shape).expand(k, *shape[1:]), groups=k)
     return g
 
 
