@@ -20,8 +20,8 @@ from .normalizer import policy_gradient_normalizer
 from .policy_gradient import POLICY_GRADIENT_LOSS_TYPES, PolicyGradientLoss, policy_gradient_loss
 
 __all__ = [
-    "LinearPolicyGradientLoss",
     "POLICY_GRADIENT_LOSS_TYPES",
+    "LinearPolicyGradientLoss",
     "PolicyGradientLoss",
     "group_advantages",
     "policy_gradient_loss",
