@@ -44,6 +44,8 @@ BATCH_KINDS = [
     "nt_xent_supervised",
     "multi_similarity_ref",
     "triplet_ref",
+    "circle_ref",
+    "contrastive_pairs_ref",
     "xbm_contrastive_pairs",
     "xbm_multi_similarity",
     "xbm_triplet",
@@ -68,8 +70,10 @@ def _pair_loss(kind: str, gather: bool) -> nn.Module:
         return losskit.MultiSimilarityLoss(distance="euclidean", base=1.0, epsilon=0.5, **kw)
     if kind.startswith("multi_similarity"):
         return losskit.MultiSimilarityLoss(alpha=2.0, beta=10.0, **kw)
-    if kind == "circle":
+    if kind.startswith("circle"):
         return losskit.CircleLoss(gamma=16.0, **kw)
+    if kind == "contrastive_pairs_ref":
+        return losskit.ContrastivePairsLoss(neg_margin=2.0, **kw)
     if kind == "triplet_ref":
         return losskit.TripletLoss(margin=0.3, **kw)
     raise ValueError(kind)
