@@ -17,6 +17,7 @@ the saved inputs:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -35,7 +36,7 @@ from ._compile import run_kernel
 __all__ = ["asymmetric", "asymmetric_supports"]
 
 
-def _terms(x: torch.Tensor, t: torch.Tensor, clip: float):
+def _terms(x: torch.Tensor, t: torch.Tensor, clip: float) -> tuple[torch.Tensor, ...]:
     dt = float_dtype(x)
     x, t = x.to(dt), t.to(dt)
     p, pn, sp_pos, sp_neg = sigmoid_parts(x)
@@ -48,7 +49,7 @@ def _terms(x: torch.Tensor, t: torch.Tensor, clip: float):
     return t, p, pn, sp_neg, pm, one_m_pm, nlog_neg
 
 
-def _build_forward(gamma_neg: float, gamma_pos: float, clip: float, reduction: str) -> Callable:
+def _build_forward(gamma_neg: float, gamma_pos: float, clip: float, reduction: str) -> Callable[..., torch.Tensor]:
     def forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t, _, pn, sp_neg, pm, _, nlog_neg = _terms(x, t, clip)
         loss = t * ipow(pn, gamma_pos) * sp_neg + (1.0 - t) * ipow(pm, gamma_neg) * nlog_neg
@@ -57,7 +58,7 @@ def _build_forward(gamma_neg: float, gamma_pos: float, clip: float, reduction: s
     return forward
 
 
-def _build_backward(gamma_neg: float, gamma_pos: float, clip: float) -> Callable:
+def _build_backward(gamma_neg: float, gamma_pos: float, clip: float) -> Callable[..., torch.Tensor]:
     def backward(x: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         x0 = x
         t, p, pn, sp_neg, pm, one_m_pm, nlog_neg = _terms(x, t, clip)
@@ -76,22 +77,32 @@ def _build_backward(gamma_neg: float, gamma_pos: float, clip: float) -> Callable
 
 class _Asymmetric(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, t, gamma_neg, gamma_pos, clip, reduction):  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        gamma_neg: float,
+        gamma_pos: float,
+        clip: float,
+        reduction: str,
+    ) -> torch.Tensor:
         ctx.save_for_backward(x, t)
         ctx.conf = (gamma_neg, gamma_pos, clip, reduction)
         key = ("asymmetric.fwd", gamma_neg, gamma_pos, clip, reduction)
-        out = run_kernel(key, lambda: _build_forward(gamma_neg, gamma_pos, clip, reduction), x.numel(), x, t)
+        out: torch.Tensor = run_kernel(
+            key, lambda: _build_forward(gamma_neg, gamma_pos, clip, reduction), x.numel(), x, t
+        )
         return out * scale_for(reduction, x.numel()) if reduction == "mean" else out
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None, None]:
         x, t = ctx.saved_tensors
         gamma_neg, gamma_pos, clip, reduction = ctx.conf
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None, None
         g = grad * scale_for(reduction, x.numel()) if reduction == "mean" else grad
         key = ("asymmetric.bwd", gamma_neg, gamma_pos, clip)
-        gx = run_kernel(key, lambda: _build_backward(gamma_neg, gamma_pos, clip), x.numel(), x, t, g)
+        gx: torch.Tensor = run_kernel(key, lambda: _build_backward(gamma_neg, gamma_pos, clip), x.numel(), x, t, g)
         return gx, None, None, None, None, None
 
 
@@ -140,4 +151,7 @@ def asymmetric(
         >>> asymmetric(torch.tensor([[3.0, -1.0, 0.5]]), torch.tensor([[1.0, 0.0, 0.0]]), reduction="sum")
         tensor(0.1404)
     """
-    return _Asymmetric.apply(input, target, float(gamma_neg), float(gamma_pos), float(clip), reduction)
+    out: torch.Tensor = _Asymmetric.apply(  # type: ignore[no-untyped-call]  # Function.apply is unannotated in torch
+        input, target, float(gamma_neg), float(gamma_pos), float(clip), reduction
+    )
+    return out

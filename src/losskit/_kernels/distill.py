@@ -37,6 +37,7 @@ small values and gradients to relative precision.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -85,7 +86,7 @@ def _prob_diff(ls: torch.Tensor, lt: torch.Tensor) -> torch.Tensor:
     return torch.where(d >= 0, -mag, mag)
 
 
-def _build_kd_forward(temperature: float, scale: float) -> Callable:
+def _build_kd_forward(temperature: float, scale: float) -> Callable[..., tuple[torch.Tensor, ...]]:
     def forward(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # KL = sum_c e_T (a_T - a_S) / (1 + rest_T) - log1p(rest_T) + log1p(rest_S) with a the
         # max-shifted scaled logits and e_T = exp(a_T) (sum_c e_T = 1 + rest_T): every row sum in one
@@ -100,7 +101,9 @@ def _build_kd_forward(temperature: float, scale: float) -> Callable:
     return forward
 
 
-def _build_kd_backward(temperature: float, scale: float, need_s: bool, need_t: bool) -> Callable:
+def _build_kd_backward(
+    temperature: float, scale: float, need_s: bool, need_t: bool
+) -> Callable[..., tuple[torch.Tensor | None, ...]]:
     def backward(
         s: torch.Tensor,
         t: torch.Tensor,
@@ -159,7 +162,7 @@ def _pivoted(lp: torch.Tensor, gap: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return pg.sum(1), g_m, s_pg - g_m * s_p
 
 
-def _build_jsd_forward(beta: float, temperature: float) -> Callable:
+def _build_jsd_forward(beta: float, temperature: float) -> Callable[..., tuple[torch.Tensor, ...]]:
     def forward(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
         ls, ms, l1s = _log_softmax(s, temperature)
         lt, mt, l1t = _log_softmax(t, temperature)
@@ -171,7 +174,9 @@ def _build_jsd_forward(beta: float, temperature: float) -> Callable:
     return forward
 
 
-def _build_jsd_backward(beta: float, temperature: float, need_s: bool, need_t: bool) -> Callable:
+def _build_jsd_backward(
+    beta: float, temperature: float, need_s: bool, need_t: bool
+) -> Callable[..., tuple[torch.Tensor | None, ...]]:
     def backward(
         s: torch.Tensor,
         t: torch.Tensor,
@@ -192,7 +197,9 @@ def _build_jsd_backward(beta: float, temperature: float, need_s: bool, need_t: b
         gap_s, gap_t = _jsd_gaps(ls, lt, beta)
         k = (g * (1.0 / temperature)).unsqueeze(1)
 
-        def grad(lp, gap, piv, b, like):
+        def grad(
+            lp: torch.Tensor, gap: torch.Tensor, piv: torch.Tensor, b: torch.Tensor, like: torch.Tensor
+        ) -> torch.Tensor:
             return (k * torch.exp(lp) * ((gap - piv.unsqueeze(1)) - b.unsqueeze(1))).to(like.dtype)
 
         gs = grad(ls, gap_s, piv_s, b_s, s) if need_s else None
@@ -202,17 +209,24 @@ def _build_jsd_backward(beta: float, temperature: float, need_s: bool, need_t: b
     return backward
 
 
-def _rows_forward(ctx, kind: str, build: Callable, s, t, a: float, b: float) -> torch.Tensor:
+_BuildForward = Callable[[float, float], Callable[..., tuple[torch.Tensor, ...]]]
+_BuildBackward = Callable[[float, float, bool, bool], Callable[..., tuple[torch.Tensor | None, ...]]]
+
+
+def _rows_forward(
+    ctx: Any, kind: str, build: _BuildForward, s: torch.Tensor, t: torch.Tensor, a: float, b: float
+) -> torch.Tensor:
     """Shared forward of the two row kernels: per-row losses; keeps the logits and the kernel's
     per-row statistics (``(R,)`` float vectors) for backward."""
-    rows, *stats = run_kernel((f"{kind}.fwd", a, b), lambda: build(a, b), s.numel(), s, t)
+    out: tuple[torch.Tensor, ...] = run_kernel((f"{kind}.fwd", a, b), lambda: build(a, b), s.numel(), s, t)
+    rows, *stats = out
     ctx.save_for_backward(s, t, *stats)
     ctx.conf = (a, b)
     return rows
 
 
 def _rows_backward(
-    ctx, kind: str, build: Callable, build_fwd: Callable, grad: torch.Tensor
+    ctx: Any, kind: str, build: _BuildBackward, build_fwd: _BuildForward, grad: torch.Tensor
 ) -> tuple[torch.Tensor | None, ...]:
     s, t, *stats = ctx.saved_tensors
     a, b = ctx.conf
@@ -230,21 +244,21 @@ def _rows_backward(
 
 class _KDRows(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, s, t, temperature, scale):  # type: ignore[override]
+    def forward(ctx: Any, s: torch.Tensor, t: torch.Tensor, temperature: float, scale: float) -> torch.Tensor:
         return _rows_forward(ctx, "kd", _build_kd_forward, s, t, temperature, scale)
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         return _rows_backward(ctx, "kd", _build_kd_backward, _build_kd_forward, grad)
 
 
 class _JSDRows(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, s, t, beta, temperature):  # type: ignore[override]
+    def forward(ctx: Any, s: torch.Tensor, t: torch.Tensor, beta: float, temperature: float) -> torch.Tensor:
         return _rows_forward(ctx, "jsd", _build_jsd_forward, s, t, beta, temperature)
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         return _rows_backward(ctx, "jsd", _build_jsd_backward, _build_jsd_forward, grad)
 
 
@@ -282,7 +296,8 @@ def kd_rows(
     """
     temperature = float(temperature)
     sc = temperature * temperature if scale is None else float(scale)
-    return _KDRows.apply(student, teacher, temperature, sc)
+    out: torch.Tensor = _KDRows.apply(student, teacher, temperature, sc)  # type: ignore[no-untyped-call]  # Function.apply is unannotated in torch
+    return out
 
 
 def jsd_rows(
@@ -299,4 +314,7 @@ def jsd_rows(
         >>> jsd_rows(s, t, beta=0.5)
         tensor([0.3140])
     """
-    return _JSDRows.apply(student, teacher, float(beta), float(temperature))
+    out: torch.Tensor = _JSDRows.apply(  # type: ignore[no-untyped-call]  # Function.apply is unannotated in torch
+        student, teacher, float(beta), float(temperature)
+    )
+    return out

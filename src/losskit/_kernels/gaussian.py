@@ -11,6 +11,8 @@ convolutions, so double backward works.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -46,16 +48,17 @@ def _adjoint(g: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
 
 class _SeparableFilter(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(window)
         return separable_filter_plain(x, window)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (window,) = ctx.saved_tensors
         return _adjoint(grad, window), None
 
 
 def separable_filter(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
     """Valid separable filter of ``(N, K, *spatial)``; saves only ``window`` for backward."""
-    return _SeparableFilter.apply(x, window)
+    out: torch.Tensor = _SeparableFilter.apply(x, window)  # type: ignore[no-untyped-call]  # Function.apply is unannotated in torch
+    return out

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -94,9 +94,8 @@ def plan_rows(valid: torch.Tensor | None, n: int, chunk_size: int, *, compact: b
             [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)], None, n, chunk_size
         )
     if not compact:
-        count = valid.sum()
         return RowPlan(
-            [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)], valid, count, chunk_size
+            [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)], valid, valid.sum(), chunk_size
         )
     idx = valid.nonzero().squeeze(1)  # host sync: fine on CPU
     count = int(idx.numel())
@@ -201,6 +200,10 @@ class TokenHead(Protocol):
         masked: bool,
         bufs: _Buffers,
     ) -> torch.Tensor: ...
+
+    def reference(self, logits: torch.Tensor) -> torch.Tensor:
+        """Plain per-token losses ``(N,)`` of full logits ``(N, V)`` (autograd-differentiable)."""
+        ...
 
 
 class CrossEntropyHead:
@@ -556,7 +559,7 @@ def _reference_grads(
     z = hidden.to(cdt) @ weight.to(cdt).t()
     if bias is not None:
         z = z + bias.to(cdt)
-    losses = head.reference(z)  # type: ignore[attr-defined]
+    losses = head.reference(z)
     valid = _valid_rows(plan, hidden.shape[0], hidden.device)
     if valid is not None:
         losses = torch.where(valid, losses, torch.zeros_like(losses))
@@ -564,18 +567,18 @@ def _reference_grads(
         total = (losses * grad_out.reshape(-1).to(cdt)).sum()
     else:
         total = losses.sum() * (grad_out.reshape(()).to(cdt) * scale)
-    inputs = [x for x, n in zip((hidden, weight, bias), need) if n]
+    inputs = [x for x, n in zip((hidden, weight, bias), need) if n and x is not None]
     grads = iter(torch.autograd.grad(total, inputs, create_graph=True, allow_unused=True))
     out = [next(grads) if n else None for n in need]
-    return tuple(g if g is None else g.to(x.dtype) for g, x in zip(out, (hidden, weight, bias)))
+    return tuple(g if g is None or x is None else g.to(x.dtype) for g, x in zip(out, (hidden, weight, bias)))
 
 
 class FusedLinearLoss(torch.autograd.Function):
     """``scale * sum_i loss_i`` (``per_token=False``) or ``(loss_i)_i`` of ``head(hidden @ weight.T + b)``."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx,
+    def forward(
+        ctx: Any,
         hidden: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
@@ -601,7 +604,7 @@ class FusedLinearLoss(torch.autograd.Function):
         return losses.sum() * scale
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         hidden, weight, bias = ctx.saved_tensors
         need_h, need_w, need_b = ctx.need
         if torch.is_grad_enabled():  # backward with create_graph=True
@@ -675,4 +678,7 @@ def linear_token_loss(
     if not (need_h or need_w or need_b):
         losses = run_chunks(hidden, weight, bias, head, plan)[0]
         return losses if per_token else losses.sum() * scale
-    return FusedLinearLoss.apply(hidden, weight, bias, head, plan, per_token, scale, need_h, need_w, need_b)
+    out: torch.Tensor = FusedLinearLoss.apply(  # type: ignore[no-untyped-call]  # Function.apply is unannotated in torch
+        hidden, weight, bias, head, plan, per_token, scale, need_h, need_w, need_b
+    )
+    return out

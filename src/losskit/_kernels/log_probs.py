@@ -27,11 +27,12 @@ elsewhere) and the chunk-size rule are the cross-entropy kernel's (:mod:`.linear
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from .linear_ce import RowPlan, _rows_of, compute_dtype, log_softmax_, logits_into
+from .linear_ce import RowPlan, Rows, _rows_of, compute_dtype, log_softmax_, logits_into
 
 __all__ = [
     "LinearLogProbs",
@@ -42,14 +43,14 @@ __all__ = [
 ]
 
 
-def _targets(target: torch.Tensor, rows, masked: bool, ignore_index: int) -> torch.Tensor:
+def _targets(target: torch.Tensor, rows: Rows, masked: bool, ignore_index: int) -> torch.Tensor:
     t = _rows_of(target, rows)
     if masked:
         t = t.masked_fill(t == ignore_index, 0)
     return t.unsqueeze(1)
 
 
-def _store(out: torch.Tensor, rows, values: torch.Tensor) -> None:
+def _store(out: torch.Tensor, rows: Rows, values: torch.Tensor) -> None:
     if isinstance(rows, slice):
         out[rows] = values
     else:
@@ -239,8 +240,8 @@ class LinearLogProbs(torch.autograd.Function):
     """``(logps, entropies)`` of ``(hidden @ weight.T + bias) / T`` at ``target``; see the module notes."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx,
+    def forward(
+        ctx: Any,
         hidden: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
@@ -262,7 +263,9 @@ class LinearLogProbs(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_lp: torch.Tensor | None, grad_ent: torch.Tensor | None):  # type: ignore[override]
+    def backward(
+        ctx: Any, grad_lp: torch.Tensor | None, grad_ent: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
         hidden, weight, bias, target, logps, lse, ent = ctx.saved_tensors
         if ent is None:
             grad_ent = None
@@ -280,7 +283,7 @@ class LinearLogProbs(torch.autograd.Function):
             ent,
             grad_lp,
             grad_ent,
-            need,  # type: ignore[arg-type]
+            need,
         )
         if gw is not None and gw.dtype != weight.dtype:
             gw = gw.to(weight.dtype)
@@ -315,9 +318,10 @@ def linear_log_probs_rows(
             hidden, weight, bias, target, plan, inv_temperature, ignore_index, entropy
         )
         return logps, ent
-    logps, ent = LinearLogProbs.apply(
+    out: tuple[torch.Tensor, torch.Tensor] = LinearLogProbs.apply(  # type: ignore[no-untyped-call]  # Function.apply is unannotated in torch
         hidden, weight, bias, target, plan, float(inv_temperature), ignore_index, entropy
     )
+    logps, ent = out
     return logps, (ent if entropy else None)
 
 
@@ -359,7 +363,14 @@ class _Part:
 
 
 def _part_logps(
-    z: torch.Tensor, part: _Part, lo: int, hi: int, weight, b, zhalf, inv_t: float
+    z: torch.Tensor,
+    part: _Part,
+    lo: int,
+    hi: int,
+    weight: torch.Tensor,
+    b: torch.Tensor | None,
+    zhalf: torch.Tensor | None,
+    inv_t: float,
 ) -> torch.Tensor:
     """Log-softmax of rows ``lo:hi`` of ``part`` written into ``z``; their target log-probs (0 where
     not counted)."""
@@ -515,7 +526,7 @@ def _pair_forward(
     return total * scale, ghs, gw, gb
 
 
-def release_forward_grads(ctx, grad_out: torch.Tensor, what: str) -> tuple[torch.Tensor | None, ...]:
+def release_forward_grads(ctx: Any, grad_out: torch.Tensor, what: str) -> tuple[torch.Tensor | None, ...]:
     """The gradients a grads-in-forward Function stored as ``ctx.grads = (..., gw, gb)`` (weight and
     bias last, accumulated in float32), scaled by the scalar ``grad_out`` and cast back to
     ``ctx.dtypes = (weight dtype, bias dtype)``; a second backward raises."""
@@ -546,8 +557,8 @@ class PairedLinearLoss(torch.autograd.Function):
     backward rescales them by ``grad_output``."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx,
+    def forward(
+        ctx: Any,
         chosen_hidden: torch.Tensor,
         rejected_hidden: torch.Tensor,
         weight: torch.Tensor,
@@ -574,7 +585,7 @@ class PairedLinearLoss(torch.autograd.Function):
             inv_t,
             average,
             scale,
-            need,  # type: ignore[arg-type]
+            need,
             compact,
             hold_rejected,
         )
@@ -586,6 +597,6 @@ class PairedLinearLoss(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         gh_w, gh_l, gw, gb = release_forward_grads(ctx, grad_out, "pair")
         return gh_w, gh_l, gw, gb, None, None, None, None

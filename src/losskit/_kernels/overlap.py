@@ -24,6 +24,7 @@ evaluated as ``(w_k - w_m) - sum_c (w_c - w_m) p_c`` with ``m`` the class with `
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -33,7 +34,9 @@ from ._compile import run_kernel
 __all__ = ["class_sums", "class_sums_supports"]
 
 
-def _prep(x: torch.Tensor, y: torch.Tensor, ignore_index: int | None):
+def _prep(
+    x: torch.Tensor, y: torch.Tensor, ignore_index: int | None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     n, c = x.shape[0], x.shape[1]
     xf = x.reshape(n, c, -1).to(float_dtype(x))
     yf = y.reshape(n, 1, -1)
@@ -51,7 +54,9 @@ def _prep(x: torch.Tensor, y: torch.Tensor, ignore_index: int | None):
     return p, valid, hit
 
 
-def _build_forward(ignore_index: int | None, squared: bool) -> Callable:
+def _build_forward(
+    ignore_index: int | None, squared: bool
+) -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     def forward(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         p, valid, hit = _prep(x, y, ignore_index)
         pv = p if valid is None else torch.where(valid, p, torch.zeros_like(p))
@@ -63,7 +68,7 @@ def _build_forward(ignore_index: int | None, squared: bool) -> Callable:
     return forward
 
 
-def _build_backward(ignore_index: int | None, squared: bool) -> Callable:
+def _build_backward(ignore_index: int | None, squared: bool) -> Callable[..., torch.Tensor]:
     def backward(x: torch.Tensor, y: torch.Tensor, gtp: torch.Tensor, gps: torch.Tensor) -> torch.Tensor:
         p, valid, hit = _prep(x, y, ignore_index)
         gps3 = gps.unsqueeze(2)
@@ -87,7 +92,9 @@ def _build_backward(ignore_index: int | None, squared: bool) -> Callable:
 
 class _ClassSums(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, y, ignore_index, squared):  # type: ignore[override]
+    def forward(
+        ctx: Any, x: torch.Tensor, y: torch.Tensor, ignore_index: int | None, squared: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ctx.save_for_backward(x, y)
         ctx.conf = (ignore_index, squared)
         key = ("class_sums.fwd", ignore_index, squared)
@@ -96,7 +103,9 @@ class _ClassSums(torch.autograd.Function):
         return tp, ps, gs
 
     @staticmethod
-    def backward(ctx, gtp, gps, _ggs):  # type: ignore[override]
+    def backward(
+        ctx: Any, gtp: torch.Tensor | None, gps: torch.Tensor | None, _ggs: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, None, None, None]:
         x, y = ctx.saved_tensors
         ignore_index, squared = ctx.conf
         if not ctx.needs_input_grad[0]:
@@ -106,7 +115,7 @@ class _ClassSums(torch.autograd.Function):
         gtp = torch.zeros(shape, dtype=dt, device=x.device) if gtp is None else gtp
         gps = torch.zeros(shape, dtype=dt, device=x.device) if gps is None else gps
         key = ("class_sums.bwd", ignore_index, squared)
-        gx = run_kernel(key, lambda: _build_backward(ignore_index, squared), x.numel(), x, y, gtp, gps)
+        gx: torch.Tensor = run_kernel(key, lambda: _build_backward(ignore_index, squared), x.numel(), x, y, gtp, gps)
         return gx, None, None, None
 
 
@@ -144,4 +153,7 @@ def class_sums(
         (tensor([[1.0000, 0.5000]]), tensor([[1.5000, 1.5000]]), tensor([[2., 1.]]))
     """
     ii = None if ignore_index is None else int(ignore_index)
-    return _ClassSums.apply(input, target, ii, bool(squared))
+    sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = _ClassSums.apply(  # type: ignore[no-untyped-call]  # Function.apply is unannotated in torch
+        input, target, ii, bool(squared)
+    )
+    return sums

@@ -22,6 +22,7 @@ term is 0 instead of ``0 * inf`` where ``p`` saturates onto a hard target).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -46,7 +47,7 @@ def _alpha_t(t: torch.Tensor, alpha: float | None) -> torch.Tensor | float:
     return alpha * t + (1.0 - alpha) * (1.0 - t)
 
 
-def _terms(x: torch.Tensor, t: torch.Tensor, pw: torch.Tensor | None):
+def _terms(x: torch.Tensor, t: torch.Tensor, pw: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
     dt = float_dtype(x)
     x, t = x.to(dt), t.to(dt)
     p, pn, sp_pos, sp_neg = sigmoid_parts(x)
@@ -82,16 +83,24 @@ def _build_backward(alpha: float | None, gamma: float) -> Callable[..., torch.Te
 
 class _SigmoidFocal(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, t, pw, alpha, gamma, reduction):  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        pw: torch.Tensor | None,
+        alpha: float | None,
+        gamma: float,
+        reduction: str,
+    ) -> torch.Tensor:
         ctx.save_for_backward(x, t, pw)
         ctx.conf = (alpha, gamma, reduction)
         key = ("sigmoid_focal.fwd", alpha, gamma, reduction, pw is not None)
         args = (x, t) if pw is None else (x, t, pw)
-        out = run_kernel(key, lambda: _build_forward(alpha, gamma, reduction), x.numel(), *args)
+        out: torch.Tensor = run_kernel(key, lambda: _build_forward(alpha, gamma, reduction), x.numel(), *args)
         return out * scale_for(reduction, x.numel()) if reduction == "mean" else out
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None, None]:
         x, t, pw = ctx.saved_tensors
         alpha, gamma, reduction = ctx.conf
         if not ctx.needs_input_grad[0]:
@@ -99,7 +108,7 @@ class _SigmoidFocal(torch.autograd.Function):
         g = grad * scale_for(reduction, x.numel()) if reduction == "mean" else grad
         key = ("sigmoid_focal.bwd", alpha, gamma, pw is not None)
         args = (x, t, g) if pw is None else (x, t, g, pw)
-        gx = run_kernel(key, lambda: _build_backward(alpha, gamma), x.numel(), *args)
+        gx: torch.Tensor = run_kernel(key, lambda: _build_backward(alpha, gamma), x.numel(), *args)
         return gx, None, None, None, None, None
 
 
@@ -167,4 +176,7 @@ def sigmoid_focal(
         tensor(0.4402, grad_fn=<_SigmoidFocalBackward>)
     """
     a = None if alpha is None or float(alpha) < 0 else float(alpha)
-    return _SigmoidFocal.apply(input, target, pos_weight, a, float(gamma), reduction)
+    out: torch.Tensor = _SigmoidFocal.apply(  # type: ignore[no-untyped-call]  # Function.apply is unannotated in torch
+        input, target, pos_weight, a, float(gamma), reduction
+    )
+    return out
