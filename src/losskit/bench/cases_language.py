@@ -43,15 +43,9 @@ def _variants() -> list[Variant]:
             "eager (F.cross_entropy(hidden @ weight.T))", "eager", lambda h, w, t: F.cross_entropy(h @ w.T, t)
         ),
     ]
-    if hasattr(F, "linear_cross_entropy") and hasattr(torch.nn, "LinearCrossEntropyOptions"):
-        opts = torch.nn.LinearCrossEntropyOptions()
-        out.append(
-            Variant(
-                "F.linear_cross_entropy (torch native)",
-                "native",
-                lambda h, w, t: F.linear_cross_entropy(h, w, t, options=opts),
-            )
-        )
+    native = getattr(F, "linear_cross_entropy", None)
+    if native is not None:  # torch builds that ship a fused linear cross-entropy
+        out.append(Variant("F.linear_cross_entropy (torch native)", "native", lambda h, w, t: native(h, w, t)))
     return out
 
 
