@@ -1,14 +1,17 @@
 """``losskit bench``: forward/backward time and memory of losskit's losses side by side.
 
     losskit bench [--quick] [--only NAME ...] [--json PATH] [--threads N] [--repeat N]
-                  [--dtype float32|bfloat16|float16] [--no-peak] [--no-scaling] [--extra FILE_OR_MODULE ...]
+                  [--dtype float32|bfloat16|float16] [--no-peak] [--no-scaling] [--no-progress]
+                  [--extra FILE_OR_MODULE ...]
 
 For each case: shape, dtype, threads, torch version; median forward, backward and total
 milliseconds over ``--repeat`` (>= 10 by default) interleaved rounds after warm-up; ratios to the
 eager composition and to the nearest native torch loss; bytes held for backward (inputs excluded);
 peak RSS growth of one forward+backward in a fresh subprocess. See :mod:`losskit.bench.measure` for
 the exact rules. A scaling section times the losskit function, the eager composition and the native
-loss across ``N`` and ``C``. Output is a markdown table on stdout (and JSON with ``--json``).
+loss across ``N`` and ``C``. Output is a markdown table on stdout (and JSON with ``--json``, which
+holds every figure of the table). A progress bar goes to stderr when it is a terminal (tqdm, if
+installed); ``--no-progress`` turns it off.
 """
 
 from __future__ import annotations
@@ -49,6 +52,29 @@ def _fmt_ratio(r: float | None) -> str:
 
 def _input_bytes(args: Sequence[Any]) -> int:
     return sum(a.untyped_storage().nbytes() for a in args if isinstance(a, torch.Tensor))
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    """A tqdm bar on stderr when ``enabled`` and stderr is a terminal; otherwise a silent stand-in."""
+    if enabled and sys.stderr.isatty():
+        try:
+            from tqdm.auto import tqdm
+
+            return tqdm(total=total, desc="losskit bench", leave=False, dynamic_ncols=True)
+        except ImportError:  # tqdm is optional
+            pass
+    return _NoBar()
 
 
 def _repeat(case: Case, repeat: int) -> int:
@@ -140,6 +166,7 @@ def run(
     peak: bool = True,
     scaling: bool = True,
     extra: Sequence[str] = (),
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmark and return ``{"meta", "cases", "scaling", "skipped"}`` (the JSON output)."""
     for e in extra:
@@ -157,16 +184,25 @@ def run(
         except Exception:
             skipped.append(mod)
     results = []
-    for name in names:
-        case = CASES[name]
-        shape = case.quick_shape if quick else case.shape
-        results.append(
-            run_case(case, shape=shape, dtype=dt, threads=threads, repeat=repeat, peak=peak, extra=extra)
-        )
-    scale = []
-    if scaling and not quick:
+    with_scaling = scaling and not quick
+    bar = _bar(len(names) * (2 if with_scaling else 1), progress)
+    try:
         for name in names:
-            scale.extend(run_scaling(CASES[name], dtype=dt, threads=threads, repeat=repeat))
+            case = CASES[name]
+            shape = case.quick_shape if quick else case.shape
+            bar.set_postfix_str(name)
+            results.append(
+                run_case(case, shape=shape, dtype=dt, threads=threads, repeat=repeat, peak=peak, extra=extra)
+            )
+            bar.update()
+        scale = []
+        if with_scaling:
+            for name in names:
+                bar.set_postfix_str(f"{name} scaling")
+                scale.extend(run_scaling(CASES[name], dtype=dt, threads=threads, repeat=repeat))
+                bar.update()
+    finally:
+        bar.close()
     meta = {
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -247,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-peak", action="store_true", help="skip the subprocess peak-memory runs")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling section")
     parser.add_argument("--extra", nargs="+", default=[], metavar="FILE", help="modules adding cases")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if ns.repeat < 1 or ns.threads < 1:
         parser.error("--repeat and --threads must be >= 1")
@@ -259,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         peak=not ns.no_peak,
         scaling=not ns.no_scaling,
         extra=ns.extra,
+        progress=not ns.no_progress,
     )
     print(to_markdown(report))
     if ns.json:

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("lab-out"), metavar="DIR", help="output directory (lab-out)"
     )
     p.add_argument("--threads", type=int, default=2, metavar="N", help="torch threads (default 2)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they are drawn only when stderr is a terminal)")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     return p
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds=list(range(n_seeds)),
         out_dir=args.out,
         threads=args.threads,
-        progress=not args.no_progress,
+        progress=not args.no_progress and sys.stderr.isatty(),  # bars on a terminal only
     )
     command = "losskit lab" + ("" if not argv else " " + " ".join(shlex.quote(a) for a in argv))
     try:
