@@ -98,3 +98,9 @@ def test_rst_simple_table():
     assert convert(text) == (
         "Types:\n\n| name | weight |\n|---|---|\n| grpo | 1 / B |\n| dapo | 1 / N |\n\nend"
     )
+
+
+def test_rst_literal_block():
+    convert = _load("rst_markup").convert
+    text = "Usage (needs ``x``)::\n\n    from a import b\n\n    b()\nAfter."
+    assert convert(text) == "Usage (needs ``x``):\n\n```python\nfrom a import b\n\nb()\n```\n\nAfter."

@@ -7,6 +7,7 @@ that Markdown does not know. Before mkdocstrings parses a docstring this extensi
 - ``:math:`x``` into ``$x$``,
 - ``:func:`` / ``:class:`` / ``:mod:`` / ``:meth:`` / ``:attr:`` / ``:data:`` roles into inline code,
 - ``.. code-block:: lang`` into a fenced code block,
+- a paragraph ending in ``::`` and its indented literal block into ``:`` and a fenced block,
 - reST simple tables (``===  ===`` borders) into Markdown tables,
 - an ``Example:`` section header into ``Examples:``, so that doctest lines become code.
 
@@ -24,6 +25,7 @@ _ROLE = re.compile(r":(?:func|class|mod|meth|attr|data|obj|exc):`~?\.?([^`]+)`")
 _MATH_ROLE = re.compile(r":math:`([^`]+)`")
 _DIRECTIVE = re.compile(r"^(\s*)\.\. (math|code-block)::\s*(\S*)\s*$")
 _EXAMPLE = re.compile(r"^(\s*)Example:\s*$")
+_LITERAL = re.compile(r"^(\s*)(\S.*?[^:\s]):: *$")
 _BORDER = re.compile(r"^(\s*)=+( +=+)+\s*$")
 
 
@@ -72,12 +74,17 @@ def convert(text: str) -> str:
     while i < len(lines):
         line = lines[i]
         match = _DIRECTIVE.match(line)
-        if match is None:
+        literal = _LITERAL.match(line) if match is None and not line.lstrip().startswith("..") else None
+        if match is None and literal is None:
             example = _EXAMPLE.match(line)
             out.append(f"{example.group(1)}Examples:" if example else line)
             i += 1
             continue
-        pad, kind, arg = match.group(1), match.group(2), match.group(3)
+        if literal is not None:  # "text::" + indented block: "text:" + a fenced block
+            out.append(f"{literal.group(1)}{literal.group(2)}:")
+            pad, kind, arg = literal.group(1), "code-block", "python"
+        else:
+            pad, kind, arg = match.group(1), match.group(2), match.group(3)
         base = len(pad)
         body: list[str] = []
         if kind == "math" and arg:  # ".. math:: x = y" on one line
