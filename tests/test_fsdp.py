@@ -7,6 +7,8 @@ model trained in this process on the concatenated batch with the same fused loss
 from __future__ import annotations
 
 import contextlib
+import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -161,3 +163,20 @@ def test_ddp_no_sync_accumulation_matches_single_process():
     for r in results:
         for name, p in ref.items():
             torch.testing.assert_close(r["params"][name], p, **TOL, msg=lambda m, n=name: f"{n}: {m}")
+
+
+# ---------------------------------------------------------------------------- the recipe page
+
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "distributed-lm-head.md"
+
+
+def _exec_blocks(rank: int, world: int, blocks: list[str]) -> int:
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"{PAGE.name}[python block {i}]", "exec"), {"__name__": f"docs_block_{i}"})
+    return len(blocks)
+
+
+def test_recipe_page_blocks_run_on_two_ranks():
+    blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(encoding="utf-8"), flags=re.S)
+    assert len(blocks) == 3
+    assert run_distributed(_exec_blocks, blocks) == [3, 3]
