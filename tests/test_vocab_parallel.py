@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import losskit
+import losskit.vocab_parallel as vp
 from ddp_utils import run_distributed
 from losskit import LossValueError
 from losskit.vocab_parallel import (
@@ -27,7 +28,7 @@ H = 5
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 
 
-def make_case(case: dict[str, Any]) -> dict[str, torch.Tensor]:
+def make_case(case: dict[str, Any], rank: int | None = None) -> dict[str, torch.Tensor]:
     """Full head (V, H), bias (V,), hidden, target and a cotangent for reduction='none'."""
     g = torch.Generator().manual_seed(case.get("seed", 0))
     v = sum(case["sizes"])
@@ -37,6 +38,8 @@ def make_case(case: dict[str, Any]) -> dict[str, torch.Tensor]:
     bias = torch.randn(v, generator=g, dtype=DT)
     lo, hi = case.get("targets", (0, v))
     target = torch.randint(lo, hi, shape, generator=g)
+    if rank is not None and case.get("target_differs"):
+        target.view(-1)[1] = rank
     if case.get("ignore", True):
         target.view(-1)[::4] = -100
     cot = torch.randn(shape, generator=g, dtype=DT)
@@ -81,7 +84,8 @@ def _slices(case: dict[str, Any]) -> list[slice]:
 
 
 def run_case(rank: int, case: dict[str, Any]) -> dict[str, Any]:
-    d = make_case(case)
+    d = make_case(case, rank)
+    vp._COMPACT_DEVICES = () if case.get("masked") else ("cpu",)  # the accelerator path: mask rows
     rows = _slices(case)[rank]
     hidden = d["hidden"].clone().requires_grad_()
     w = d["weight"][rows].clone().requires_grad_()
@@ -107,7 +111,20 @@ def run_case(rank: int, case: dict[str, Any]) -> dict[str, Any]:
             **kw,
         )
         value = (out * d["cot"]).sum() if red == "none" else out
-    value.backward()
+    if case.get("no_grad"):
+        with torch.no_grad():
+            again = vocab_parallel_cross_entropy(hidden, w, d["target"], b, **kw)
+        torch.testing.assert_close(again, out.detach(), rtol=0, atol=0)
+    if case.get("retain"):
+        value.backward(retain_graph=True)
+        leaves = [t for t in (hidden, w, b) if t is not None]
+        first = [t.grad.clone() for t in leaves]
+        value.backward()
+        for t, f in zip(leaves, first):  # a second backward through the graph adds the same
+            torch.testing.assert_close(t.grad, 2 * f, rtol=1e-12, atol=1e-14)
+            t.grad = f
+    else:
+        value.backward()
     return {
         "loss": value.detach(),
         "out": out.detach(),
@@ -146,6 +163,12 @@ CASES = {
     "normalizer": {"sizes": [6, 5], "normalizer": 13.0, "seed": 9, "bias": False},
     "vocab_start_reversed": {"sizes": [5, 6], "starts": [6, 0], "seed": 10},
     "empty_shard": {"sizes": [11, 0], "label_smoothing": 0.1, "seed": 11},
+    "masked_rows_mean": {"sizes": [6, 5], "masked": True, "label_smoothing": 0.1, "seed": 14},
+    "masked_rows_none": {"sizes": [6, 5], "masked": True, "reduction": "none", "seed": 15},
+    "masked_log_probs": {"sizes": [6, 5], "masked": True, "log_probs": True, "seed": 16},
+    "no_grad_forward": {"sizes": [6, 5], "no_grad": True, "seed": 17},
+    "retained_graph": {"sizes": [6, 5], "retain": True, "z_loss": 1e-2, "seed": 18},
+    "retained_graph_none": {"sizes": [6, 5], "retain": True, "reduction": "none", "seed": 19},
     "log_probs": {"sizes": [6, 5], "log_probs": True, "seed": 12},
     "log_probs_all_on_rank0": {"sizes": [6, 5], "log_probs": True, "targets": (0, 6), "seed": 13},
 }
@@ -153,6 +176,7 @@ ERROR_CASES = {
     "gap": ({"sizes": [6, 5], "starts": [0, 7]}, "found a gap at row 6"),
     "overlap": ({"sizes": [6, 5], "starts": [0, 5]}, "found an overlap at row 5"),
     "target_too_large": ({"sizes": [6, 4], "targets": (8, 11), "seed": 1}, r"in \[0, 10\)"),
+    "target_not_replicated": ({"sizes": [6, 5], "target_differs": True}, "target must be replicated"),
     "start_on_one_rank_only": ({"sizes": [6, 5], "starts": [0, None]}, "on every rank or on none"),
 }
 

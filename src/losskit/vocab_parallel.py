@@ -65,6 +65,9 @@ class _Shard:
     max_size: int  # largest slice of the group (chunk sizes must agree across ranks)
 
 
+# Devices on which ignored tokens are dropped before the matmuls (their count is needed on the host).
+_COMPACT_DEVICES: tuple[str, ...] = ("cpu",)
+
 # metadata exchanged once per call: one small all-gather and a host sync
 _META = ("error", "start", "size", "hidden_dim", "rows", "target_hash", "target_min", "target_max")
 
@@ -140,7 +143,7 @@ def _exchange(
             f"target contains {bad_value}, expected class indices in [0, {vocab}) (the vocabulary tiled by the "
             f"weight_shard slices of all ranks) or ignore_index={ignore_index}"
         )
-    return _Shard(group, starts[me], sizes[me], vocab, max(sizes)), flat  # type: ignore[return-value]
+    return _Shard(group, starts[me], sizes[me], vocab, max(sizes)), flat
 
 
 def _check_local(hidden: Any, weight: Any, bias: Any, target: Any, vocab_start: int | None) -> None:
@@ -489,7 +492,7 @@ def _token_losses(
     n = h2.shape[0]
     # the same chunk plan on every rank (the collectives run once per chunk)
     cs = chunk_size if chunk_size is not None else _k.auto_chunk_size(n, max(shard.max_size, 1), 1)
-    compact = hidden.device.type == "cpu" and not torch.compiler.is_compiling()
+    compact = hidden.device.type in _COMPACT_DEVICES and not torch.compiler.is_compiling()
     plan = _k.plan_rows(flat != ignore_index, n, cs, compact=compact)
     cfg = _Config(flat, plan, shard, ignore_index, float(label_smoothing), float(z_loss))
     out_shape = tuple(target.shape)
