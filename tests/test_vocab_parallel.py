@@ -43,6 +43,9 @@ def make_case(case: dict[str, Any], rank: int | None = None) -> dict[str, torch.
     if case.get("ignore", True):
         target.view(-1)[::4] = -100
     cot = torch.randn(shape, generator=g, dtype=DT)
+    if "dtype" in case:  # inputs rounded to the half type; the reference keeps float64 arithmetic
+        low = getattr(torch, case["dtype"])
+        hidden, weight, bias = (t.to(low).to(DT) for t in (hidden, weight, bias))
     return {"hidden": hidden, "weight": weight, "bias": bias, "target": target, "cot": cot}
 
 
@@ -87,9 +90,10 @@ def run_case(rank: int, case: dict[str, Any]) -> dict[str, Any]:
     d = make_case(case, rank)
     vp._COMPACT_DEVICES = () if case.get("masked") else ("cpu",)  # the accelerator path: mask rows
     rows = _slices(case)[rank]
-    hidden = d["hidden"].clone().requires_grad_()
-    w = d["weight"][rows].clone().requires_grad_()
-    b = d["bias"][rows].clone().requires_grad_() if case.get("bias", True) else None
+    low = getattr(torch, case.get("dtype", "float64"))
+    hidden = d["hidden"].to(low).requires_grad_()
+    w = d["weight"][rows].to(low).requires_grad_()
+    b = d["bias"][rows].to(low).requires_grad_() if case.get("bias", True) else None
     kw = {"chunk_size": case.get("chunk_size", 3)}
     if "starts" in case:
         kw["vocab_start"] = case["starts"][rank]
@@ -169,6 +173,8 @@ CASES = {
     "no_grad_forward": {"sizes": [6, 5], "no_grad": True, "seed": 17},
     "retained_graph": {"sizes": [6, 5], "retain": True, "z_loss": 1e-2, "seed": 18},
     "retained_graph_none": {"sizes": [6, 5], "retain": True, "reduction": "none", "seed": 19},
+    "bfloat16": {"sizes": [6, 5], "dtype": "bfloat16", "label_smoothing": 0.1, "seed": 20},
+    "float32_none": {"sizes": [6, 5], "dtype": "float32", "reduction": "none", "seed": 21},
     "log_probs": {"sizes": [6, 5], "log_probs": True, "seed": 12},
     "log_probs_all_on_rank0": {"sizes": [6, 5], "log_probs": True, "targets": (0, 6), "seed": 13},
 }
@@ -194,13 +200,16 @@ def test_matches_full_head_reference(distributed_results, name):
     case = CASES[name]
     ref = reference(case)
     slices = _slices(case)
+    tol = {"bfloat16": {"rtol": 2e-2, "atol": 2e-2}, "float32": {"rtol": 1e-5, "atol": 1e-5}}
+    tol = tol.get(case.get("dtype", ""), TOL)
     for rank, got in enumerate(distributed_results[name]):
         assert not isinstance(got, str), got
-        torch.testing.assert_close(got["loss"], ref["loss"], **TOL)
-        torch.testing.assert_close(got["hidden"], ref["hidden"], **TOL)  # summed over ranks
-        torch.testing.assert_close(got["weight"], ref["weight"][slices[rank]], **TOL)
+        got = {k: v if v is None else v.to(DT) for k, v in got.items()}
+        torch.testing.assert_close(got["loss"], ref["loss"], **tol)
+        torch.testing.assert_close(got["hidden"], ref["hidden"], **tol)  # summed over ranks
+        torch.testing.assert_close(got["weight"], ref["weight"][slices[rank]], **tol)
         if case.get("bias", True):
-            torch.testing.assert_close(got["bias"], ref["bias"][slices[rank]], **TOL)
+            torch.testing.assert_close(got["bias"], ref["bias"][slices[rank]], **tol)
     # replicated result: both ranks return the same loss
     torch.testing.assert_close(distributed_results[name][0]["out"], distributed_results[name][1]["out"])
 
