@@ -90,6 +90,43 @@ def test_matches_model_loss_and_gradients_with_padding():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+FAMILY_KW = dict(
+    vocab_size=V,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    pad_token_id=0,
+)
+
+
+@pytest.mark.parametrize(
+    "family, extra",
+    [
+        ("Gemma2", dict(head_dim=8, final_logit_softcapping=3.0)),  # soft-capped logits
+        ("Granite", dict(logits_scaling=4.0)),  # logits / scaling
+        ("Cohere", dict(logit_scale=0.3)),  # logits * scale
+        ("Qwen2", {}),
+        ("GPT2", None),  # lm_head tied to the input embedding, LayerNorm, learned positions
+    ],
+)
+def test_other_families_match_their_own_loss(family, extra):
+    if extra is None:
+        cfg = transformers.GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+        cls = transformers.GPT2LMHeadModel
+    else:
+        cfg = getattr(transformers, family + "Config")(**FAMILY_KW, **extra)
+        cls = getattr(transformers, family + "ForCausalLM")
+    torch.manual_seed(0)
+    model = cls(cfg).double().eval()  # eval: no dropout, so the references see the same network
+    batch = padded_batch([9, 5, 12], seed=1)
+    loss, _ = causal_lm_loss(model, batch)
+    torch.testing.assert_close(loss, reference_loss(model, batch), rtol=1e-12, atol=0)
+    torch.testing.assert_close(loss, model(**batch).loss.double(), rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("label_smoothing, z_loss", [(0.1, 0.0), (0.0, 1e-3), (0.2, 1e-2)])
 def test_options_and_num_items_in_batch(label_smoothing, z_loss):
     model = tiny_model()
@@ -186,7 +223,7 @@ def make_rows(lengths, seed):
     return rows
 
 
-def run_trainer(tmp_path, model, rows, lr, **trainer_kwargs):
+def run_trainer(tmp_path, model, rows, lr, label_smoothing_factor=0.0, **trainer_kwargs):
     pytest.importorskip("accelerate")  # transformers.Trainer needs it
     from losskit.integrations.transformers import LinearCrossEntropyTrainer
 
@@ -207,6 +244,7 @@ def run_trainer(tmp_path, model, rows, lr, **trainer_kwargs):
         logging_strategy="no",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        label_smoothing_factor=label_smoothing_factor,
     )
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
@@ -224,27 +262,27 @@ def run_trainer(tmp_path, model, rows, lr, **trainer_kwargs):
     return shapes
 
 
-@pytest.mark.parametrize("z_loss", [0.0, 1e-2])
-def test_trainer_gradient_accumulation_is_exact(tmp_path, z_loss):
+@pytest.mark.parametrize("z_loss, label_smoothing", [(0.0, 0.0), (1e-2, 0.1)])
+def test_trainer_gradient_accumulation_is_exact(tmp_path, z_loss, label_smoothing):
     lengths = [13, 4, 9, 9, 3, 16, 7, 11]  # 4 micro-batches of 2, uneven lengths and token counts
     rows = make_rows(lengths, seed=5)
     lr = 0.5
     start = tiny_model(seed=7)
     trained = tiny_model(seed=7)
-    shapes = run_trainer(tmp_path, trained, rows, lr, z_loss=z_loss)
+    shapes = run_trainer(tmp_path, trained, rows, lr, label_smoothing, z_loss=z_loss)
     assert shapes and all(s[-2] == 1 for s in shapes)  # never (B, L, V) logits
 
     # reference: one SGD step on the whole batch with the whole batch's token mean
     full = collate(rows)
     ref_model = tiny_model(seed=7)
     ref_model.train()
-    loss = reference_loss(ref_model, full, z_loss=z_loss)
+    loss = reference_loss(ref_model, full, label_smoothing, z_loss)
     loss.backward()
     # and the mean of the four micro-batch means (what exact accumulation must not give)
     naive = tiny_model(seed=7)
     naive.train()
     for k in range(4):
-        (reference_loss(naive, collate(rows[2 * k : 2 * k + 2]), z_loss=z_loss) / 4).backward()
+        (reference_loss(naive, collate(rows[2 * k : 2 * k + 2]), label_smoothing, z_loss) / 4).backward()
 
     moved = naive_gap = 0.0
     for (name, p0), p, pr, pn in zip(
@@ -256,6 +294,26 @@ def test_trainer_gradient_accumulation_is_exact(tmp_path, z_loss):
         naive_gap = max(naive_gap, (p.detach() - (p0.detach() - lr * pn.grad)).abs().max().item())
     assert moved > 1e-3  # the step did something
     assert naive_gap > 1e-4  # and the test can tell exact accumulation from the mean of means
+
+
+def test_trainer_evaluate_gives_the_token_mean(tmp_path):
+    pytest.importorskip("accelerate")
+    from losskit.integrations.transformers import LinearCrossEntropyTrainer
+
+    rows = make_rows([10, 4, 7, 12, 6], seed=8)
+    model = tiny_model(seed=3)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), per_device_eval_batch_size=len(rows), use_cpu=True, report_to=[]
+    )
+    trainer = LinearCrossEntropyTrainer(model=model, args=args, eval_dataset=ListDataset(rows), data_collator=collate)
+    shapes, handle = record_logit_shapes(model)
+    metrics = trainer.evaluate()
+    handle.remove()
+    assert shapes and all(s[-2] == 1 for s in shapes)
+    model.eval()
+    with torch.no_grad():
+        want = reference_loss(model, collate(rows)).item()
+    assert metrics["eval_loss"] == pytest.approx(want, rel=1e-9)
 
 
 def test_trainer_rejects_compute_loss_func_and_bad_options(tmp_path):

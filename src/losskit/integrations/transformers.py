@@ -247,10 +247,12 @@ def _parts(model: nn.Module) -> _Parts:
     config = getattr(base, "config", None)
     softcap = getattr(config, "final_logit_softcapping", None)
     scale = 1.0
-    if getattr(config, "logit_scale", None) is not None:
-        scale *= float(config.logit_scale)
-    if getattr(config, "logits_scaling", None) is not None:
-        scale /= float(config.logits_scaling)
+    logit_scale = getattr(config, "logit_scale", None)  # Cohere: logits * scale
+    if logit_scale is not None:
+        scale *= float(logit_scale)
+    logits_scaling = getattr(config, "logits_scaling", None)  # Granite: logits / scaling
+    if logits_scaling is not None:
+        scale /= float(logits_scaling)
     return _Parts(
         decoder=decoder,
         head=head,
@@ -295,7 +297,8 @@ def _head_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     if not isinstance(hidden, torch.Tensor):
         raise LossValueError("model: its decoder did not run (no last hidden state was captured)")
-    weight, bias = parts.head.weight, parts.head.bias
+    weight: torch.Tensor = parts.head.weight
+    bias: torch.Tensor | None = parts.head.bias
     if weight.ndim != 2 or weight.shape[1] != hidden.shape[-1]:
         raise LossValueError(
             f"model: lm_head.weight has shape {shape_str(weight.shape)}, not (V, {hidden.shape[-1]}); "
@@ -415,7 +418,7 @@ def _trainer_class() -> type:
     except ImportError as e:  # pragma: no cover - exercised without transformers
         raise ImportError(_HF_MISSING.format(name="LinearCrossEntropyTrainer")) from e
 
-    class LinearCrossEntropyTrainer(Trainer):  # type: ignore[misc, valid-type]
+    class LinearCrossEntropyTrainer(Trainer):
         """``transformers.Trainer`` whose causal-LM loss never builds the ``(B, L, V)`` logits.
 
         Same arguments as ``Trainer`` (keywords only, no ``compute_loss_func``), plus:
