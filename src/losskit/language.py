@@ -22,13 +22,17 @@ time, not correctness, is the cost of large shapes. Eager mode on CPU skips igno
 
 from __future__ import annotations
 
+from typing import Literal, NamedTuple, overload
+
 import torch
 from torch import nn
 
 from ._checks import (
     LossTypeError,
     LossValueError,
+    can_read_values,
     check_class_target,
+    check_class_weight,
     check_floating,
     check_int,
     check_integer,
@@ -37,6 +41,7 @@ from ._checks import (
     check_number,
     check_reduction,
     check_same_device,
+    check_tensor,
     shape_str,
 )
 from ._kernels import linear_ce as _k
@@ -45,6 +50,7 @@ from .registry import register
 
 __all__ = [
     "LinearCrossEntropyLoss",
+    "LinearCrossEntropyOutput",
     "LinearKDLoss",
     "linear_cross_entropy",
     "linear_kd_loss",
@@ -133,15 +139,29 @@ def _plan(
     return _k.plan_rows(valid, n, cs, compact=compact)
 
 
-def _sum_scale(plan: _k.RowPlan, reduction: str, normalizer: Normalizer) -> float:
-    """The mean's ``1 / denominator`` when it is a host number (folded into the kernel's GEMMs), else 1."""
+def _sum_scale(
+    plan: _k.RowPlan, reduction: str, normalizer: Normalizer, denominator: float | torch.Tensor | None = None
+) -> float:
+    """The mean's ``1 / denominator`` when it is a host number (folded into the kernel's GEMMs), else 1.
+
+    ``denominator`` (weighted means) replaces the count; a zero weighted denominator gives 0 (the
+    mean of nothing that weighs anything is defined as 0)."""
     if reduction != "mean":
         return 1.0
     if normalizer is None:
+        if denominator is not None:
+            if isinstance(denominator, torch.Tensor):
+                return 1.0
+            return 1.0 / denominator if denominator > 0 else 0.0
         return 1.0 / max(plan.count, 1) if isinstance(plan.count, int) else 1.0
     if isinstance(normalizer, torch.Tensor):
         return 1.0
     return 1.0 / float(normalizer)
+
+
+def _inverse(d: torch.Tensor) -> torch.Tensor:
+    """``1 / d`` where ``d > 0``, else 0."""
+    return torch.where(d > 0, d.reciprocal(), torch.zeros_like(d))
 
 
 def _run(
@@ -154,8 +174,11 @@ def _run(
     normalizer: Normalizer,
     out_shape: tuple[int, ...],
     zero_of: tuple[torch.Tensor | None, ...],
+    denominator: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Run the kernel and apply the reduction; nothing to count gives a graph-connected zero."""
+    """Run the kernel and apply the reduction; nothing to count gives a graph-connected zero.
+
+    ``denominator`` replaces the count of a mean (weighted means); ``normalizer`` replaces both."""
     if hidden.shape[0] == 0 or (isinstance(plan.count, int) and plan.count == 0):
         zero = connected_zero(*zero_of)
         zero = zero.to(compute_dtype(zero))
@@ -163,12 +186,16 @@ def _run(
     if reduction == "none":
         out = _k.linear_token_loss(hidden, weight, bias, head, plan, per_token=True)
         return out.reshape(out_shape)
-    scale = _sum_scale(plan, reduction, normalizer)
+    scale = _sum_scale(plan, reduction, normalizer, denominator)
     out = _k.linear_token_loss(hidden, weight, bias, head, plan, per_token=False, scale=scale)
     if reduction == "sum" or scale != 1.0:
         return out
     if normalizer is not None:
         return out / normalizer
+    if denominator is not None:
+        if isinstance(denominator, torch.Tensor):
+            return out * _inverse(denominator.to(out.dtype))
+        return out  # denominator == 1
     count = plan.count
     if isinstance(count, int):
         return out  # count == 1
@@ -176,6 +203,141 @@ def _run(
 
 
 # ----------------------------------------------------------------------------- cross-entropy
+
+
+class LinearCrossEntropyOutput(NamedTuple):
+    """What :func:`linear_cross_entropy` returns with ``return_aux=True``; every field but ``loss`` is
+    detached and computed in the same chunked pass (no logits are kept).
+
+    Attributes:
+        loss: the loss, exactly what the call returns without ``return_aux``.
+        lse: per-token log-normaliser ``logsumexp(s)`` of the logits that enter the softmax (after
+            ``softcap`` and ``logit_scale``), shape of ``target``, 0 where a token does not count.
+        z_loss: the z-loss part of ``loss`` (``z_loss * lse^2`` with the same class / token weights,
+            DFT factor and reduction as ``loss``; 0 when ``z_loss=0``), so ``loss - z_loss`` is the
+            cross-entropy part.
+        accuracy: scalar, fraction of counted tokens (``target != ignore_index``) whose most likely
+            class is the target (``argmax`` ties go to the lowest index), unweighted; 0 when none count.
+        entropy: scalar, mean softmax entropy ``lse - sum_j p_j s_j`` over counted tokens,
+            unweighted; 0 when none count.
+    """
+
+    loss: torch.Tensor
+    lse: torch.Tensor
+    z_loss: torch.Tensor
+    accuracy: torch.Tensor
+    entropy: torch.Tensor
+
+
+def _check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise LossTypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_constant(name: str, value: torch.Tensor) -> None:
+    if value.requires_grad and torch.is_grad_enabled():
+        raise LossValueError(
+            f"{name} requires grad, but it is used as a constant (no gradient flows to it): pass "
+            f"{name}.detach()"
+        )
+
+
+def _check_token_weight(token_weight: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor | None:
+    if token_weight is None:
+        return None
+    check_tensor("token_weight", token_weight)
+    if not (token_weight.is_floating_point() or token_weight.dtype == torch.bool):
+        raise LossTypeError(
+            f"token_weight must be a floating-point (or bool) tensor, got dtype {token_weight.dtype}"
+        )
+    if tuple(token_weight.shape) != tuple(target.shape):
+        raise LossValueError(
+            f"token_weight has shape {shape_str(token_weight.shape)}, expected {shape_str(target.shape)}: "
+            "one weight per entry of target"
+        )
+    check_same_device(("target", target), ("token_weight", token_weight))
+    _check_constant("token_weight", token_weight)
+    if token_weight.is_floating_point() and can_read_values(token_weight) and token_weight.numel():
+        if not bool((token_weight >= 0).all()):
+            raise LossValueError("token_weight must be non-negative (and not NaN)")
+    return token_weight
+
+
+def _shift(x: torch.Tensor, fill: float | int, dtype: torch.dtype) -> torch.Tensor:
+    """``out[..., t] = x[..., t + 1]``, ``out[..., -1] = fill``."""
+    out = torch.full(x.shape, fill, dtype=dtype, device=x.device)
+    out[..., :-1] = x[..., 1:]
+    return out
+
+
+@overload
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    bias: torch.Tensor | None = ...,
+    ignore_index: int = ...,
+    label_smoothing: float = ...,
+    z_loss: float = ...,
+    softcap: float | None = ...,
+    reduction: str = ...,
+    normalizer: Normalizer = ...,
+    chunk_size: int | None = ...,
+    *,
+    class_weight: torch.Tensor | None = ...,
+    token_weight: torch.Tensor | None = ...,
+    logit_scale: float = ...,
+    token_scaling: bool = ...,
+    shift_labels: bool = ...,
+    return_aux: Literal[False] = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    bias: torch.Tensor | None = ...,
+    ignore_index: int = ...,
+    label_smoothing: float = ...,
+    z_loss: float = ...,
+    softcap: float | None = ...,
+    reduction: str = ...,
+    normalizer: Normalizer = ...,
+    chunk_size: int | None = ...,
+    *,
+    class_weight: torch.Tensor | None = ...,
+    token_weight: torch.Tensor | None = ...,
+    logit_scale: float = ...,
+    token_scaling: bool = ...,
+    shift_labels: bool = ...,
+    return_aux: Literal[True],
+) -> LinearCrossEntropyOutput: ...
+
+
+@overload
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    bias: torch.Tensor | None = ...,
+    ignore_index: int = ...,
+    label_smoothing: float = ...,
+    z_loss: float = ...,
+    softcap: float | None = ...,
+    reduction: str = ...,
+    normalizer: Normalizer = ...,
+    chunk_size: int | None = ...,
+    *,
+    class_weight: torch.Tensor | None = ...,
+    token_weight: torch.Tensor | None = ...,
+    logit_scale: float = ...,
+    token_scaling: bool = ...,
+    shift_labels: bool = ...,
+    return_aux: bool = ...,
+) -> torch.Tensor | LinearCrossEntropyOutput: ...
 
 
 def linear_cross_entropy(
@@ -190,16 +352,28 @@ def linear_cross_entropy(
     reduction: str = "mean",
     normalizer: Normalizer = None,
     chunk_size: int | None = None,
-) -> torch.Tensor:
+    *,
+    class_weight: torch.Tensor | None = None,
+    token_weight: torch.Tensor | None = None,
+    logit_scale: float = 1.0,
+    token_scaling: bool = False,
+    shift_labels: bool = False,
+    return_aux: bool = False,
+) -> torch.Tensor | LinearCrossEntropyOutput:
     r"""Cross-entropy of a linear head, ``CE(hidden @ weight.T + bias, target)``, without the logits.
 
     .. math::
-        s = h W^\top + b,\quad s \leftarrow c \tanh(s / c)\ \text{(if softcap } c\text{)},\quad
-        \operatorname{lse} = \log\sum_j e^{s_j}
+        s = a \cdot (h W^\top + b),\quad \text{or with softcap } c:\ s = a \cdot c \tanh((h W^\top + b) / c),
+        \quad \operatorname{lse} = \log\sum_j e^{s_j}
 
-        \ell = (1 - \varepsilon)(\operatorname{lse} - s_t)
-               + \varepsilon\,(\operatorname{lse} - \tfrac1V \textstyle\sum_j s_j)
-               + \lambda_z \operatorname{lse}^2
+        \ell = m \Big[(1 - \varepsilon)\, w_t (\operatorname{lse} - s_t)
+               + \tfrac{\varepsilon}{V} \textstyle\sum_j w_j (\operatorname{lse} - s_j)
+               + \lambda_z\, w_t \operatorname{lse}^2\Big],
+        \qquad m = u \cdot (\operatorname{sg}[p_t] \text{ if token\_scaling else } 1)
+
+    with ``a = logit_scale``, ``w = class_weight`` and ``u = token_weight`` (1 when not given) and
+    ``sg`` a stop-gradient. Without weights this is
+    ``(1 - eps)(lse - s_t) + eps (lse - mean_j s_j) + lambda_z lse^2``.
 
     Label smoothing ``eps`` follows :func:`torch.nn.functional.cross_entropy`; the z-loss
     ``lambda_z lse^2`` is PaLM's (Chowdhery et al. 2022) auxiliary term that keeps the softmax
@@ -207,6 +381,31 @@ def linear_cross_entropy(
     ``ignore_index`` contribute nothing and leave the mean's denominator. The fused, chunked
     computation follows Liger-Kernel (Hsu et al. 2024) and Cut Your Losses (Wijmans et al. 2024):
     the ``(N, V)`` logits are never materialised, only one ``(C, V)`` chunk at a time.
+
+    Options (keyword-only):
+
+    * ``class_weight`` ``(V,)``: torch's ``F.cross_entropy(weight=...)``. The target term is weighted
+      by ``w_t``; with label smoothing the smoothing term is weighted per class, ``sum_j w_j (lse -
+      s_j)``, exactly as torch does; the z-loss term is weighted by ``w_t`` (a class of weight 0 adds
+      no z-loss either). ``'mean'`` divides by ``sum w_t`` over counted tokens (torch's weighted mean).
+    * ``token_weight`` (shape of ``target``): multiplies each token's whole loss (and its gradient).
+      ``'mean'`` divides by ``sum u_i w_{t_i}`` over counted tokens (``sum u_i`` without class weights)
+      unless ``normalizer`` is given. Class and token weights are constants (no gradient; one that
+      requires grad is refused).
+    * Weighted means whose denominator is 0 (all counted tokens weigh 0) are **0**, with zero
+      gradients, where torch gives NaN.
+    * ``logit_scale`` ``a > 0``: multiplies the logits that enter the softmax (after the soft cap),
+      e.g. ``1 / temperature`` for a softmax temperature; every output (loss, ``lse``, entropy) is
+      that of the scaled logits.
+    * ``token_scaling=True``: Dynamic Fine-Tuning (DFT, Wu et al. 2025): each token's loss is multiplied
+      by its own probability of the target ``p_t = softmax(s)_t``, detached (a constant for the
+      gradient). ``p_t`` does not enter the mean's denominator (DFT averages over tokens).
+    * ``shift_labels=True``: causal-LM targets for ``(B, T, H)`` hidden states and ``(B, T)`` labels,
+      as Hugging Face models do: position ``t`` predicts ``target[:, t + 1]``, the last position
+      counts for nothing. ``token_weight`` is given aligned with ``target`` and shifted with it; the
+      ``'none'`` output (and ``lse``) stay aligned with ``hidden``: ``(B, T)``, 0 at ``t = T - 1``.
+    * ``return_aux=True``: returns a :class:`LinearCrossEntropyOutput` ``(loss, lse, z_loss,
+      accuracy, entropy)`` computed in the same pass instead of the loss alone.
 
     Args:
         hidden: ``(N, H)`` or ``(B, L, H)`` hidden states (float32/float64/bfloat16/float16).
@@ -217,21 +416,31 @@ def linear_cross_entropy(
         label_smoothing: ``eps`` in ``[0, 1]``.
         z_loss: ``lambda_z >= 0`` (PaLM uses ``1e-4``).
         softcap: ``c > 0`` or None (Gemma 2 uses 30 for the final logits).
-        reduction: ``'mean'`` (over counted tokens), ``'sum'``, or ``'none'`` (shape of ``target``,
-            zero at ignored tokens).
+        reduction: ``'mean'`` (over counted tokens, weighted as above), ``'sum'``, or ``'none'`` (shape
+            of ``target``, zero at ignored tokens).
         normalizer: with ``'mean'``, divide the sum by this instead (e.g. the number of counted tokens
             in the whole accumulation window).
         chunk_size: tokens per chunk; default: as many as fit a 48 MiB float32 logits buffer.
+        class_weight: optional ``(V,)`` non-negative per-class weights.
+        token_weight: optional non-negative per-token weights, shape of ``target`` (bool allowed).
+        logit_scale: ``a > 0`` multiplying the logits (``1 / temperature``).
+        token_scaling: DFT scaling by the detached target probability.
+        shift_labels: next-token targets from ``(B, T)`` labels.
+        return_aux: also return the side outputs (see :class:`LinearCrossEntropyOutput`).
 
     Returns:
-        float32 loss (float64 for float64 inputs), scalar or of ``target``'s shape.
+        float32 loss (float64 for float64 inputs), scalar or of ``target``'s shape; a
+        :class:`LinearCrossEntropyOutput` with ``return_aux=True``.
 
     Memory and time: the forward pass also computes the gradients (the backward rescales them in
     place by ``grad_output``), so the autograd graph holds ``grad_hidden`` and ``grad_weight``
     (float32) instead of logits. With ``reduction='none'`` the forward saves nothing but the inputs
     and the backward recomputes each chunk, exact for any per-token cotangent. On CPU the ignored
-    tokens are skipped before the matmuls. Under ``torch.no_grad()`` (or when no input requires
-    grad) no gradient work is done; inputs that do not require grad (a frozen head) get none either.
+    tokens (and tokens of ``token_weight`` 0, unless ``return_aux``) are skipped before the matmuls.
+    Under ``torch.no_grad()`` (or when no input requires grad) no gradient work is done; inputs that
+    do not require grad (a frozen head) get none either. The options cost no extra pass over the
+    logits except ``return_aux`` (one, for the entropy) and ``class_weight`` with label smoothing
+    (one matrix-vector product).
 
     Double backward (``create_graph=True``, e.g. a gradient penalty) works: that backward forms the
     whole ``(N, V)`` logits once and differentiates plain tensor code, so it costs the memory of the
@@ -251,39 +460,142 @@ def linear_cross_entropy(
         >>> loss.backward()
         >>> weight.grad.shape
         torch.Size([10, 4])
+
+        Class weights, a temperature of 2 and the side outputs:
+
+        >>> cw = torch.rand(10, generator=g)
+        >>> out = linear_cross_entropy(hidden, weight, target, class_weight=cw, logit_scale=0.5, return_aux=True)
+        >>> logits = (hidden @ weight.T).detach() / 2
+        >>> torch.allclose(out.loss, torch.nn.functional.cross_entropy(logits, target, weight=cw))
+        True
+        >>> torch.allclose(out.lse[target != -100], torch.logsumexp(logits, -1)[target != -100])
+        True
+
+        Causal-LM labels, shifted as Hugging Face models do:
+
+        >>> h3, labels = torch.randn(2, 5, 4, generator=g), torch.randint(0, 10, (2, 5), generator=g)
+        >>> loss = linear_cross_entropy(h3, weight.detach(), labels, shift_labels=True)
+        >>> eager = torch.nn.functional.cross_entropy(
+        ...     (h3[:, :-1] @ weight.detach().T).reshape(-1, 10), labels[:, 1:].reshape(-1))
+        >>> torch.allclose(loss, eager)
+        True
     """
     _check_options(chunk_size, ignore_index, reduction, normalizer)
     check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
     check_number("z_loss", z_loss, low=0.0)
     check_number("softcap", softcap, low=0.0, low_open=True, allow_none=True)
+    check_number("logit_scale", logit_scale, low=0.0, low_open=True)
+    _check_flag("token_scaling", token_scaling)
+    _check_flag("shift_labels", shift_labels)
+    _check_flag("return_aux", return_aux)
     _check_head("hidden", hidden, "weight", weight, "bias", bias)
-    flat_t = _check_tokens_target(target, hidden, weight.shape[0], ignore_index, "hidden")
+    vocab = weight.shape[0]
+    if shift_labels and (hidden.dim() < 3 or target.dim() < 2):
+        raise LossValueError(
+            "shift_labels=True needs (B, T, H) hidden states and (B, T) labels (the shift runs along T), "
+            f"got hidden of shape {shape_str(hidden.shape)} and target of shape {shape_str(target.shape)}"
+        )
+    flat_t = _check_tokens_target(target, hidden, vocab, ignore_index, "hidden")
+    check_class_weight("class_weight", class_weight, vocab)
+    if class_weight is not None:
+        check_same_device(("weight", weight), ("class_weight", class_weight))
+        _check_constant("class_weight", class_weight)
+    _check_token_weight(token_weight, target)
+    cdt = compute_dtype(hidden)
+    if shift_labels:
+        flat_t = _shift(target, ignore_index, torch.long).reshape(-1)
+        if token_weight is not None:
+            token_weight = _shift(token_weight.to(cdt), 0.0, cdt)
+    tw = None if token_weight is None else token_weight.reshape(-1).to(cdt)
+    cw = None if class_weight is None else class_weight.to(cdt)
     h2 = hidden.reshape(-1, hidden.shape[-1])
+    n = h2.shape[0]
+    aux = _k.CrossEntropyAux.zeros(n, cdt, hidden.device) if return_aux else None
     head = _k.CrossEntropyHead(
         flat_t,
-        vocab=weight.shape[0],
+        vocab=vocab,
         ignore_index=ignore_index,
         label_smoothing=float(label_smoothing),
         z_loss=float(z_loss),
         softcap=None if softcap is None else float(softcap),
+        class_weight=cw,
+        token_weight=tw,
+        logit_scale=float(logit_scale),
+        token_scaling=token_scaling,
+        aux=aux,
     )
-    plan = _plan(
-        flat_t != ignore_index, h2.shape[0], weight.shape[0], head.n_buffers, chunk_size, hidden.device
-    )
-    return _run(
-        h2, weight, bias, head, plan, reduction, normalizer, tuple(target.shape), (hidden, weight, bias)
-    )
+    counted = flat_t != ignore_index
+    valid = counted if (tw is None or aux is not None) else counted & (tw != 0)
+    plan = _plan(valid, n, vocab, head.n_buffers, chunk_size, hidden.device)
+    # weighted mean: sum of u_i w_{t_i} over counted tokens (a host number on CPU)
+    denominator: float | torch.Tensor | None = None
+    if reduction == "mean" and normalizer is None and (cw is not None or tw is not None):
+        tok = torch.ones(n, dtype=cdt, device=hidden.device) if tw is None else tw
+        if cw is not None:
+            tok = tok * cw[flat_t.masked_fill(~counted, 0)]
+        d = torch.where(counted, tok, torch.zeros_like(tok)).sum()
+        denominator = float(d) if _plan_is_host(plan) else d
+    out_shape = tuple(target.shape)
+    loss = _run(h2, weight, bias, head, plan, reduction, normalizer, out_shape, (hidden, weight, bias), denominator)
+    if aux is None:
+        return loss
+    return _aux_output(loss, aux, counted, reduction, normalizer, denominator, out_shape)
+
+
+def _plan_is_host(plan: _k.RowPlan) -> bool:
+    """Whether the plan's count is known on the host (then weighted denominators are read there too)."""
+    return isinstance(plan.count, int)
+
+
+def _aux_output(
+    loss: torch.Tensor,
+    aux: _k.CrossEntropyAux,
+    counted: torch.Tensor,
+    reduction: str,
+    normalizer: Normalizer,
+    denominator: float | torch.Tensor | None,
+    out_shape: tuple[int, ...],
+) -> LinearCrossEntropyOutput:
+    zero = aux.lse.new_zeros(())
+    lse = torch.where(counted, aux.lse, zero)
+    z_tok = torch.where(counted, aux.z_term, zero)
+    count = counted.sum().to(lse.dtype)
+    inv_count = _inverse(count)
+    if reduction == "none":
+        z = z_tok.reshape(out_shape)
+    elif reduction == "sum":
+        z = z_tok.sum()
+    elif normalizer is not None:
+        z = z_tok.sum() / normalizer
+    elif denominator is None:
+        z = z_tok.sum() * inv_count
+    elif isinstance(denominator, torch.Tensor):
+        z = z_tok.sum() * _inverse(denominator.to(lse.dtype))
+    else:
+        z = z_tok.sum() * (1.0 / denominator if denominator > 0 else 0.0)
+    accuracy = (aux.correct & counted).sum().to(lse.dtype) * inv_count
+    entropy = torch.where(counted, aux.entropy, zero).sum() * inv_count
+    return LinearCrossEntropyOutput(loss, lse.reshape(out_shape), z, accuracy, entropy)
 
 
 class LinearCrossEntropyLoss(nn.Module):
     """Module form of :func:`linear_cross_entropy`; holds configuration only (the head weight is an input).
+
+    ``class_weight`` is kept as a buffer (it follows ``.to()``); ``token_weight`` and ``normalizer``
+    are per-call arguments of ``forward``. With ``return_aux=True`` ``forward`` returns a
+    :class:`LinearCrossEntropyOutput`.
 
     Example:
         >>> loss_fn = LinearCrossEntropyLoss(label_smoothing=0.1)
         >>> hidden, weight = torch.randn(2, 5, 8), torch.randn(50, 8)
         >>> loss_fn(hidden, weight, torch.randint(0, 50, (2, 5))).shape
         torch.Size([])
+        >>> causal = LinearCrossEntropyLoss(shift_labels=True, class_weight=torch.ones(50), return_aux=True)
+        >>> causal(hidden, weight, torch.randint(0, 50, (2, 5))).lse.shape
+        torch.Size([2, 5])
     """
+
+    class_weight: torch.Tensor | None
 
     def __init__(
         self,
@@ -293,18 +605,37 @@ class LinearCrossEntropyLoss(nn.Module):
         softcap: float | None = None,
         reduction: str = "mean",
         chunk_size: int | None = None,
+        *,
+        class_weight: torch.Tensor | None = None,
+        logit_scale: float = 1.0,
+        token_scaling: bool = False,
+        shift_labels: bool = False,
+        return_aux: bool = False,
     ) -> None:
         super().__init__()
         _check_options(chunk_size, ignore_index, reduction, None)
         check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
         check_number("z_loss", z_loss, low=0.0)
         check_number("softcap", softcap, low=0.0, low_open=True, allow_none=True)
+        check_number("logit_scale", logit_scale, low=0.0, low_open=True)
+        _check_flag("token_scaling", token_scaling)
+        _check_flag("shift_labels", shift_labels)
+        _check_flag("return_aux", return_aux)
+        if class_weight is not None:
+            check_floating("class_weight", class_weight)
+            check_ndim("class_weight", class_weight, 1, "(V,)")
+            check_class_weight("class_weight", class_weight, class_weight.shape[0])
         self.ignore_index = ignore_index
         self.label_smoothing = float(label_smoothing)
         self.z_loss = float(z_loss)
         self.softcap = None if softcap is None else float(softcap)
         self.reduction = reduction
         self.chunk_size = chunk_size
+        self.register_buffer("class_weight", None if class_weight is None else class_weight.detach().clone())
+        self.logit_scale = float(logit_scale)
+        self.token_scaling = token_scaling
+        self.shift_labels = shift_labels
+        self.return_aux = return_aux
 
     def forward(
         self,
@@ -313,7 +644,8 @@ class LinearCrossEntropyLoss(nn.Module):
         target: torch.Tensor,
         bias: torch.Tensor | None = None,
         normalizer: Normalizer = None,
-    ) -> torch.Tensor:
+        token_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor | LinearCrossEntropyOutput:
         return linear_cross_entropy(
             hidden,
             weight,
@@ -326,12 +658,26 @@ class LinearCrossEntropyLoss(nn.Module):
             reduction=self.reduction,
             normalizer=normalizer,
             chunk_size=self.chunk_size,
+            class_weight=self.class_weight,
+            token_weight=token_weight,
+            logit_scale=self.logit_scale,
+            token_scaling=self.token_scaling,
+            shift_labels=self.shift_labels,
+            return_aux=self.return_aux,
         )
 
     def extra_repr(self) -> str:
+        extra = ""
+        if self.class_weight is not None:
+            extra += f", class_weight=({self.class_weight.shape[0]},)"
+        if self.logit_scale != 1.0:
+            extra += f", logit_scale={self.logit_scale}"
+        for name in ("token_scaling", "shift_labels", "return_aux"):
+            if getattr(self, name):
+                extra += f", {name}=True"
         return (
             f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
-            f"softcap={self.softcap}, reduction={self.reduction!r}"
+            f"softcap={self.softcap}, reduction={self.reduction!r}{extra}"
         )
 
 

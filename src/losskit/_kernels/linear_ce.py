@@ -34,6 +34,7 @@ import torch
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
+    "CrossEntropyAux",
     "CrossEntropyHead",
     "DistillHead",
     "FusedLinearLoss",
@@ -206,13 +207,53 @@ class TokenHead(Protocol):
         ...
 
 
-class CrossEntropyHead:
-    r"""Token cross-entropy with label smoothing, z-loss and logit soft-capping.
+@dataclass
+class CrossEntropyAux:
+    """Per-token side outputs a :class:`CrossEntropyHead` fills while it computes the losses.
 
-    With ``s = cap * tanh(x / cap)`` (or ``s = x``), ``lse = logsumexp(s)``:
-    ``loss = lse - (1 - eps) s_t - eps / V * sum_j s_j + z_loss * lse^2`` and
-    ``d loss / d s = p (1 + 2 z_loss lse) - (1 - eps) onehot_t - eps / V``, times ``1 - tanh^2`` for
-    the soft cap.
+    All ``(N,)``, in the compute dtype (``correct`` is bool), zero for rows the plan skips:
+    ``lse`` the log-normaliser ``logsumexp(s)``, ``z_term`` the token's z-loss contribution to its
+    loss (``z_loss lse^2`` times its class and token weights), ``correct`` whether
+    ``argmax s == target``, ``entropy`` the softmax entropy ``lse - sum_j p_j s_j``.
+    """
+
+    lse: torch.Tensor
+    z_term: torch.Tensor
+    correct: torch.Tensor
+    entropy: torch.Tensor
+
+    @classmethod
+    def zeros(cls, n: int, dtype: torch.dtype, device: torch.device) -> CrossEntropyAux:
+        def z() -> torch.Tensor:
+            return torch.zeros(n, dtype=dtype, device=device)
+
+        return cls(z(), z(), torch.zeros(n, dtype=torch.bool, device=device), z())
+
+    def store(
+        self, rows: Rows, lse: torch.Tensor, z_term: torch.Tensor, correct: torch.Tensor, entropy: torch.Tensor
+    ) -> None:
+        pairs = ((self.lse, lse), (self.z_term, z_term), (self.correct, correct), (self.entropy, entropy))
+        for dst, src in pairs:
+            if isinstance(rows, slice):
+                dst[rows] = src
+            else:
+                dst.index_copy_(0, rows, src.to(dst.dtype))
+
+
+class CrossEntropyHead:
+    r"""Token cross-entropy with label smoothing, z-loss, logit soft-capping and scaling, class and
+    token weights and DFT scaling.
+
+    With ``s = a * cap * tanh(x / cap)`` (or ``s = a x``; ``a = logit_scale``), ``lse = logsumexp(s)``,
+    ``p = softmax(s)`` and class weights ``w`` (all 1 when None, ``W = sum_j w_j``):
+    ``loss = m * [(1 - eps) w_t (lse - s_t) + eps / V * sum_j w_j (lse - s_j) + z_loss w_t lse^2]``
+    (for ``w = 1``: ``lse - (1 - eps) s_t - eps / V * sum_j s_j + z_loss lse^2``), with the row
+    multiplier ``m = token_weight * (p_t if token_scaling else 1)``, ``p_t`` treated as a constant.
+    ``d loss / d s = m * [p ((1 - eps) w_t + eps W / V + 2 z_loss w_t lse) - (1 - eps) w_t onehot_t
+    - eps / V * w]``, times ``a (1 - tanh^2)`` for the soft cap (``a`` without it).
+
+    ``class_weight`` ``(V,)`` and ``token_weight`` ``(N,)`` (indexed like ``target``) are constants in
+    the compute dtype; ``aux`` (a :class:`CrossEntropyAux`) receives the side outputs of every chunk.
     """
 
     def __init__(
@@ -224,6 +265,11 @@ class CrossEntropyHead:
         label_smoothing: float,
         z_loss: float,
         softcap: float | None,
+        class_weight: torch.Tensor | None = None,
+        token_weight: torch.Tensor | None = None,
+        logit_scale: float = 1.0,
+        token_scaling: bool = False,
+        aux: CrossEntropyAux | None = None,
     ) -> None:
         self.target = target
         self.vocab = vocab
@@ -231,7 +277,15 @@ class CrossEntropyHead:
         self.eps = float(label_smoothing)
         self.z_loss = float(z_loss)
         self.softcap = None if softcap is None else float(softcap)
+        self.class_weight = class_weight
+        self.class_weight_sum = None if class_weight is None else class_weight.sum()
+        self.token_weight = token_weight
+        self.logit_scale = float(logit_scale)
+        self.token_scaling = bool(token_scaling)
+        self.aux = aux
         self.n_buffers = 1 if softcap is None else 2
+        if aux is not None:
+            self.n_buffers += 1
 
     def __call__(
         self,
@@ -248,17 +302,32 @@ class CrossEntropyHead:
             t = t.masked_fill(t == self.ignore_index, 0)
         t2 = t.unsqueeze(1)
         cap = self.softcap
+        a = self.logit_scale
         tb = None
         if cap is not None:
             tb = bufs.get("tanh", c, z.shape[1], z, z.dtype)
             torch.div(z, cap, out=tb)
             tb.tanh_()
-            torch.mul(tb, cap, out=z)
-        z_t = z.gather(1, t2).squeeze(1) if self.z_loss else None
+            torch.mul(tb, cap * a, out=z)
+        elif a != 1.0:
+            z.mul_(a)
+        aux = self.aux
+        z_t = z.gather(1, t2).squeeze(1) if (self.z_loss or aux is not None) else None
         log_softmax_(z)
         logp_t = z.gather(1, t2).squeeze(1)
         eps = self.eps
-        sum_logp = z.sum(1) if eps else None
+        cw = self.class_weight
+        w_t = None if cw is None else cw[t]
+        if eps:
+            sum_logp = z.sum(1) if cw is None else torch.mv(z, cw)
+        else:
+            sum_logp = None
+        entropy = correct = None
+        if aux is not None:
+            correct = z.argmax(1) == t
+            tmp = bufs.get("aux", c, z.shape[1], z, z.dtype)
+            torch.exp(z, out=tmp)
+            entropy = tmp.mul_(z).sum(1).neg_()
         # 1 - p_t as the sum of the other probabilities: a confident token keeps its small loss and
         # gradient, which log p_t = s_t - lse and p_t - 1 round to 0
         z.exp_()  # softmax probabilities
@@ -266,34 +335,89 @@ class CrossEntropyHead:
         rest = z.sum(1)
         logp_t = torch.where(rest < 0.5, torch.log1p(-rest), logp_t)
         loss = logp_t * (eps - 1.0)
+        if w_t is not None:
+            loss = loss * w_t
         if sum_logp is not None:
             loss = loss - (eps / self.vocab) * sum_logp
         lse = None
+        z_term = None
         if z_t is not None:
             lse = z_t - logp_t
-            loss = loss + self.z_loss * lse * lse
+            if self.z_loss:
+                z_term = self.z_loss * lse * lse
+                if w_t is not None:
+                    z_term = z_term * w_t
+                loss = loss + z_term
+        # row multiplier: token weights and DFT's detached p_t
+        mult = None if self.token_weight is None else _rows_of(self.token_weight, rows)
+        p_t = None
+        if self.token_scaling:
+            p_t = torch.exp(logp_t)
+            mult = p_t if mult is None else mult * p_t
+        if mult is not None:
+            loss = loss * mult
+        if aux is not None:
+            assert lse is not None and correct is not None and entropy is not None
+            if z_term is None:
+                zt_out = torch.zeros_like(loss)
+            else:
+                zt_out = z_term if mult is None else z_term * mult
+            aux.store(rows, lse, zt_out, correct, entropy)
         if not need_grad:
             return loss
-        factor = None if lse is None else 1.0 + (2.0 * self.z_loss) * lse
+        if mult is not None:
+            row_scale = mult if row_scale is None else row_scale * mult
+        if cw is None:
+            factor = None if lse is None or not self.z_loss else 1.0 + (2.0 * self.z_loss) * lse
+        else:
+            assert w_t is not None and self.class_weight_sum is not None
+            factor = (1.0 - eps) * w_t + (eps / self.vocab) * self.class_weight_sum
+            if self.z_loss:
+                assert lse is not None
+                factor = factor + (2.0 * self.z_loss) * w_t * lse
         if row_scale is not None:
             factor = row_scale if factor is None else factor * row_scale
         if factor is not None:
             z.mul_(factor.unsqueeze(1))
-        # target entry: p_t (1 + 2 z_loss lse) - (1 - eps) = eps - (1 - p_t) + 2 z_loss lse p_t
-        hit = eps - rest
-        if lse is not None:
-            hit = hit + (2.0 * self.z_loss) * lse * torch.exp(logp_t)
-        if row_scale is not None:
-            hit = hit * row_scale
-        z.scatter_(1, t2, hit.unsqueeze(1))
-        if eps:
-            if row_scale is None:
-                z.sub_(eps / self.vocab)
-            else:
-                z.sub_((row_scale * (eps / self.vocab)).unsqueeze(1))
+        if cw is None:
+            # target entry: p_t (1 + 2 z_loss lse) - (1 - eps) = eps - (1 - p_t) + 2 z_loss lse p_t
+            hit = eps - rest
+            if self.z_loss:
+                assert lse is not None
+                hit = hit + (2.0 * self.z_loss) * lse * (torch.exp(logp_t) if p_t is None else p_t)
+            if row_scale is not None:
+                hit = hit * row_scale
+            z.scatter_(1, t2, hit.unsqueeze(1))
+            if eps:
+                if row_scale is None:
+                    z.sub_(eps / self.vocab)
+                else:
+                    z.sub_((row_scale * (eps / self.vocab)).unsqueeze(1))
+        else:
+            # every entry: - eps / V w_j; then the target's whole entry
+            # (1 - eps) w_t (p_t - 1) + eps / V (W p_t - w_t) + 2 z_loss w_t lse p_t
+            assert w_t is not None and self.class_weight_sum is not None
+            if p_t is None:
+                p_t = torch.exp(logp_t)
+            if eps:
+                if row_scale is None:
+                    z.sub_(cw, alpha=eps / self.vocab)
+                else:
+                    z.addr_(row_scale, cw, alpha=-eps / self.vocab)
+            hit = (eps - 1.0) * w_t * rest
+            if eps:
+                hit = hit + (eps / self.vocab) * (self.class_weight_sum * p_t - w_t)
+            if self.z_loss:
+                assert lse is not None
+                hit = hit + (2.0 * self.z_loss) * w_t * lse * p_t
+            if row_scale is not None:
+                hit = hit * row_scale
+            z.scatter_(1, t2, hit.unsqueeze(1))
         if tb is not None:
             tb.mul_(tb)
             z.addcmul_(z, tb, value=-1.0)  # z * (1 - tanh^2)
+        if a != 1.0:
+            z.mul_(a)
         return loss
 
     def reference(self, logits: torch.Tensor) -> torch.Tensor:
@@ -301,12 +425,28 @@ class CrossEntropyHead:
         (ignored tokens are computed with class 0; the caller masks them)."""
         t = self.target.masked_fill(self.target == self.ignore_index, 0).long().unsqueeze(1)
         s = logits if self.softcap is None else self.softcap * torch.tanh(logits / self.softcap)
+        if self.logit_scale != 1.0:
+            s = s * self.logit_scale
         lse = torch.logsumexp(s, 1)
-        loss = (lse - s.gather(1, t).squeeze(1)) * (1.0 - self.eps)
-        if self.eps:
-            loss = loss + self.eps * (lse - s.mean(1))
-        if self.z_loss:
-            loss = loss + self.z_loss * lse * lse
+        nll = lse - s.gather(1, t).squeeze(1)
+        cw = self.class_weight
+        if cw is None:
+            loss = nll * (1.0 - self.eps)
+            if self.eps:
+                loss = loss + self.eps * (lse - s.mean(1))
+            if self.z_loss:
+                loss = loss + self.z_loss * lse * lse
+        else:
+            w_t = cw.to(s.dtype)[t.squeeze(1)]
+            loss = nll * w_t * (1.0 - self.eps)
+            if self.eps:
+                loss = loss + (self.eps / self.vocab) * ((lse.unsqueeze(1) - s) * cw.to(s.dtype)).sum(1)
+            if self.z_loss:
+                loss = loss + self.z_loss * w_t * lse * lse
+        if self.token_weight is not None:
+            loss = loss * self.token_weight.to(s.dtype)
+        if self.token_scaling:
+            loss = loss * torch.exp(s.gather(1, t).squeeze(1) - lse).detach()
         return loss
 
 
