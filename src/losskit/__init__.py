@@ -6,7 +6,7 @@ Every loss comes as a functional (``losskit.functional.focal_loss``) and a modul
 
 from __future__ import annotations
 
-from . import distributed, functional, registry
+from . import distributed, functional, registry, vocab_parallel
 from ._checks import LossTypeError, LossValueError, set_value_checks
 from ._kernels.warmup import warmup
 from .classification import *
@@ -48,6 +48,7 @@ __all__ = [
     "functional",
     "registry",
     "set_value_checks",
+    "vocab_parallel",
     "warmup",
     *_classification_all,
     *_detection_all,
