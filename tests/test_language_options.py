@@ -409,3 +409,20 @@ def test_module_accepts_the_options():
     per = causal(h3, weight, t3)
     ref = F.cross_entropy((h3[:, :-1] @ weight.T).reshape(-1, V), t3[:, 1:].reshape(-1), reduction="none")
     torch.testing.assert_close(per[:, :-1], ref.reshape(3, 3))
+
+
+def test_double_backward_with_options():
+    hidden, weight, bias, target, cw, tw = make(n=8, ignore=(3,))
+    o = _kw("all", cw, tw)
+
+    def penalty(fn):
+        h = hidden.clone().requires_grad_()
+        w = weight.clone().requires_grad_()
+        (gh,) = torch.autograd.grad(fn(h, w), h, create_graph=True)
+        (gw,) = torch.autograd.grad(gh.square().sum(), w)
+        return gh.detach(), gw
+
+    gh, gw = penalty(lambda h, w: linear_cross_entropy(h, w, target, bias, chunk_size=3, **_call_kw(o)))
+    rgh, rgw = penalty(lambda h, w: ref_loss(h, w, target, bias, **o))
+    torch.testing.assert_close(gh, rgh)
+    torch.testing.assert_close(gw, rgw)
