@@ -104,3 +104,12 @@ def test_rst_literal_block():
     convert = _load("rst_markup").convert
     text = "Usage (needs ``x``)::\n\n    from a import b\n\n    b()\nAfter."
     assert convert(text) == "Usage (needs ``x``):\n\n```python\nfrom a import b\n\nb()\n```\n\nAfter."
+
+
+def test_grouped_arguments_get_one_entry_each():
+    convert = _load("rst_markup").convert
+    text = "Args:\n    pred, target: boxes ``(..., 4)``\n        in ``box_format``.\n    eps: small.\n\nReturns:\n    x, y: z"
+    assert convert(text) == (
+        "Args:\n    pred: boxes ``(..., 4)``\n        in ``box_format``.\n"
+        "    target: boxes ``(..., 4)``\n        in ``box_format``.\n    eps: small.\n\nReturns:\n    x, y: z"
+    )

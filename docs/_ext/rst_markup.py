@@ -8,6 +8,7 @@ that Markdown does not know. Before mkdocstrings parses a docstring this extensi
 - ``:func:`` / ``:class:`` / ``:mod:`` / ``:meth:`` / ``:attr:`` / ``:data:`` roles into inline code,
 - ``.. code-block:: lang`` into a fenced code block,
 - a paragraph ending in ``::`` and its indented literal block into ``:`` and a fenced block,
+- ``a, b: text`` entries of ``Args:`` sections into one entry per name,
 - reST simple tables (``===  ===`` borders) into Markdown tables,
 - an ``Example:`` section header into ``Examples:``, so that doctest lines become code.
 
@@ -26,6 +27,8 @@ _MATH_ROLE = re.compile(r":math:`([^`]+)`")
 _DIRECTIVE = re.compile(r"^(\s*)\.\. (math|code-block)::\s*(\S*)\s*$")
 _EXAMPLE = re.compile(r"^(\s*)Example:\s*$")
 _LITERAL = re.compile(r"^(\s*)(\S.*?[^:\s]):: *$")
+_ARGS = re.compile(r"^(\s*)(Args|Arguments|Parameters|Keyword Args|Keyword Arguments):\s*$")
+_GROUPED = re.compile(r"^(\s+)(\**\w+(?:, \**\w+)+)(\s*\([^)]*\))?: ?(.*)$")
 _BORDER = re.compile(r"^(\s*)=+( +=+)+\s*$")
 
 
@@ -66,9 +69,38 @@ def _tables(lines: list[str]) -> list[str]:
     return out
 
 
+def _split_grouped_args(lines: list[str]) -> list[str]:
+    """In ``Args:`` sections, give ``a, b: text`` one entry per name (griffe takes one name per entry)."""
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        header = _ARGS.match(lines[i])
+        out.append(lines[i])
+        i += 1
+        if header is None:
+            continue
+        base = len(header.group(1))
+        while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > base):
+            item = _GROUPED.match(lines[i])
+            if item is None:
+                out.append(lines[i])
+                i += 1
+                continue
+            pad, names, annotation, text = item.group(1), item.group(2), item.group(3) or "", item.group(4)
+            i += 1
+            more: list[str] = []
+            while i < len(lines) and lines[i].strip() and _indent(lines[i]) > len(pad):
+                more.append(lines[i])
+                i += 1
+            for name in names.split(", "):
+                out.append(f"{pad}{name}{annotation}: {text}".rstrip())
+                out.extend(more)
+    return out
+
+
 def convert(text: str) -> str:
     """Return ``text`` (a docstring) with its reST markup rewritten as Markdown."""
-    lines = _tables(text.splitlines())
+    lines = _split_grouped_args(_tables(text.splitlines()))
     out: list[str] = []
     i = 0
     while i < len(lines):
