@@ -87,6 +87,11 @@ def _fsdp_worker(rank: int, world: int) -> dict[str, Any]:
     fully_shard(model)
     assert isinstance(model.lm_head.weight, DTensor)  # a shard: unusable by the fused loss as is
     local_rows = model.lm_head.weight.to_local().shape[0]
+    try:  # the sharded parameter itself is refused with a pointer to unsharded_head
+        losskit.linear_cross_entropy(torch.zeros(3, HID, dtype=DT), model.lm_head.weight, torch.zeros(3).long())
+        dtensor_error = ""
+    except losskit.LossTypeError as err:
+        dtensor_error = str(err)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     full_shapes = []
     for step in range(STEPS):
@@ -108,6 +113,7 @@ def _fsdp_worker(rank: int, world: int) -> dict[str, Any]:
         "full_shapes": full_shapes,
         "eval_shape": eval_shape,
         "resharded": isinstance(model.lm_head.weight, DTensor),
+        "dtensor_error": dtensor_error,
     }
 
 
@@ -118,6 +124,7 @@ def test_fsdp2_head_via_unsharded_head_matches_single_process():
     for r in results:
         assert r["full_shapes"] == [(VOCAB, HID)] * STEPS and r["eval_shape"] == (VOCAB, HID)
         assert r["resharded"]
+        assert "weight is a DTensor" in r["dtensor_error"] and "unsharded_head" in r["dtensor_error"]
         for name, p in ref.items():
             torch.testing.assert_close(r["params"][name], p, **TOL, msg=lambda m, n=name: f"{n}: {m}")
 

@@ -60,6 +60,11 @@ __all__ = [
 # ----------------------------------------------------------------------------- shared plumbing
 
 
+def _is_dtensor(t: torch.Tensor) -> bool:
+    """True for a ``torch.distributed.tensor.DTensor`` (without importing torch.distributed when unused)."""
+    return any(c.__name__ == "DTensor" and c.__module__.startswith("torch.distributed") for c in type(t).__mro__)
+
+
 def _check_head(
     hidden_name: str,
     hidden: torch.Tensor,
@@ -71,6 +76,12 @@ def _check_head(
     """``hidden`` (..., H), ``weight`` (V, H) of the same dtype, ``bias`` (V,)."""
     check_floating(hidden_name, hidden)
     check_floating(weight_name, weight)
+    if _is_dtensor(weight):
+        raise LossTypeError(
+            f"{weight_name} is a DTensor (a shard of an FSDP2 / fully_shard or tensor-parallel module); pass "
+            "the full weight, e.g. with losskit.vocab_parallel.unsharded_head(lm_head), or use "
+            "losskit.vocab_parallel.vocab_parallel_cross_entropy on the local vocabulary shard"
+        )
     check_min_ndim(hidden_name, hidden, 2, "(N, H) or (B, L, H)")
     check_ndim(weight_name, weight, 2, "(V, H)")
     if weight.shape[1] != hidden.shape[-1]:
