@@ -858,7 +858,7 @@ register(
     family=_FAMILY,
     functional=linear_cross_entropy,
     source="Liger-Kernel (Hsu et al. 2024); Cut Your Losses (Wijmans et al. 2024)",
-    notes="fused chunked LM-head CE: no (N, V) logits; label smoothing, PaLM z-loss, softcap",
+    notes="fused chunked LM-head CE: no (N, V) logits; label smoothing, PaLM z-loss, softcap, class and token weights, logit scale, DFT, shift_labels, side outputs (lse, z-loss, accuracy, entropy)",
 )
 register(
     "linear_kd",
