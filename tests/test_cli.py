@@ -158,6 +158,8 @@ def test_scripts_use_the_repositorys_own_venv(script: str, has_venv: bool, tmp_p
     _stub(fakebin / "venv-python", "venv-python", 'if [ "$1" = "-c" ]; then exit 1; fi  # no torch yet')
     for tool in ("python", "pip", "losskit", "ruff", "pytest"):
         _stub(other / "bin" / tool, f"OTHER-{tool}")
+    if script == "test.sh":  # the wheel check builds and installs for real: its own test is the CI run
+        _stub(repo / "scripts" / "check_wheel.sh", "check_wheel")
     if has_venv:
         venv_python.parent.mkdir(parents=True)
         shutil.copy(fakebin / "venv-python", venv_python)
@@ -182,8 +184,11 @@ def test_scripts_use_the_repositorys_own_venv(script: str, has_venv: bool, tmp_p
     last = lines[-1]
     if script == "lab.sh":
         assert last == "venv-python -m losskit lab --quick"
-    else:
-        assert last.startswith("venv-python -m pytest")
+    else:  # tests, then the strict docs build, then the wheel check
+        assert last.strip() == "check_wheel", lines
+        pytest_at = next(i for i, line in enumerate(lines) if line.startswith("venv-python -m pytest"))
+        docs_at = next(i for i, line in enumerate(lines) if line.startswith("venv-python -m mkdocs build --strict"))
+        assert pytest_at < docs_at < len(lines) - 1, lines
 
 
 def test_scripts_are_bash_and_ignore_the_active_venv() -> None:
