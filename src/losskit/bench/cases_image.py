@@ -77,6 +77,19 @@ def _ssim_variants() -> list[Variant]:
         Variant("eager (separable Gaussian per map, pytorch-msssim style)", "eager", eager_ssim_separable),
         Variant("F.mse_loss", "native", F.mse_loss),
     ]
+    kornia: Any = _peer("kornia.losses")
+    if kornia is not None:  # 'valid' padding as losskit; kornia returns (1 - SSIM) / 2, doubled here
+        out.append(
+            Variant(
+                "kornia ssim_loss (padding='valid')",
+                "peer",
+                lambda x, y: 2 * kornia.ssim_loss(x, y, 11, max_val=1.0, padding="valid"),
+            )
+        )
+    monai: Any = _peer("monai.losses")
+    if monai is not None:
+        loss = monai.SSIMLoss(spatial_dims=2, data_range=1.0)
+        out.append(Variant("MONAI SSIMLoss", "peer", lambda x, y: loss(x, y)))
     pm: Any = _peer("pytorch_msssim")
     if pm is not None:
         out.append(

@@ -95,6 +95,16 @@ def _lovasz_variants() -> list[Variant]:
         Variant("eager (authors' recipe, loop over classes)", "eager", eager_lovasz_softmax),
         Variant("F.cross_entropy", "native", F.cross_entropy),
     ]
+    kornia = _peer("kornia.losses")
+    if kornia is not None:  # per image, every class: losskit's per_image=True, classes='all'
+        out.append(
+            Variant(
+                "losskit.lovasz_softmax_loss(per_image=True, classes='all')",
+                "losskit",
+                lambda x, y: LF.lovasz_softmax_loss(x, y, classes="all", per_image=True),
+            )
+        )
+        out.append(Variant("kornia lovasz_softmax_loss (per image, all classes)", "peer", kornia.lovasz_softmax_loss))
     smp = _peer("segmentation_models_pytorch.losses")
     if smp is not None:
         loss = smp.LovaszLoss("multiclass", per_image=False)
