@@ -1,6 +1,6 @@
 """MkDocs hooks: pages take their shared text from README.md and the registry at build time.
 
-Markers in a page's Markdown of a page's Markdown, are replaced before the page is rendered:
+Markers in a page's Markdown are replaced before the page is rendered:
 
 - ``<!-- readme: HEADING -->``: the body of README.md's section with that heading (up to the next
   heading of the same or a higher level), its sub-headings raised to the page's level-2 headings and
@@ -12,8 +12,9 @@ Markers in a page's Markdown of a page's Markdown, are replaced before the page 
 - ``<!-- if-page: NAME.md -->TEXT<!-- end-if -->``: TEXT only when ``docs/NAME.md`` exists; such pages
   (``OPTIONAL_PAGES``) are also added to the nav when present.
 
-So the lab summary, the benchmark tables, the DDP recipes and the usage examples are the README's own
-(whose Python blocks the test suite runs), and the catalog is always the registry's.
+So the lab summary table is the README's own (the lab page includes it), and the catalog is always the
+registry's. The usage examples, benchmark tables and DDP recipes live in their pages, whose Python blocks the
+test suite runs.
 """
 
 from __future__ import annotations
