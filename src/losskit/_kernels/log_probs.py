@@ -361,10 +361,38 @@ class _Part:
         self.h, self.t, self.seq = h, t.unsqueeze(1), seq
         self.n = h.shape[0]
 
+    def put(self, ghs: list[torch.Tensor | None], out: torch.Tensor, lo: int, hi: int) -> None:
+        """Write the hidden-state gradients ``out`` of rows ``lo:hi`` into their completion set's."""
+        gh = ghs[self.k]
+        if gh is None:
+            return
+        if self.rows is None:
+            gh[self.row0 + lo : self.row0 + hi] = out
+        else:
+            gh.index_copy_(0, self.rows[lo:hi], out)
+
+
+class _Joined:
+    """Several parts' rows stacked, so that their logits and gradients take one matrix product each
+    (larger products run faster than two halves on CPU)."""
+
+    def __init__(self, parts: list[_Part]) -> None:
+        self.parts = parts
+        self.h = torch.cat([p.h for p in parts])
+        self.t = torch.cat([p.t for p in parts])
+        masks = [p.valid for p in parts]
+        self.valid = None if all(m is None for m in masks) else torch.cat(masks)  # type: ignore[arg-type]
+        self.n = self.h.shape[0]
+
+    def put(self, ghs: list[torch.Tensor | None], out: torch.Tensor, lo: int, hi: int) -> None:
+        assert lo == 0 and hi == self.n
+        for part, piece in zip(self.parts, out.split([p.n for p in self.parts])):
+            part.put(ghs, piece, 0, part.n)
+
 
 def _part_logps(
     z: torch.Tensor,
-    part: _Part,
+    part: _Part | _Joined,
     lo: int,
     hi: int,
     weight: torch.Tensor,
@@ -386,28 +414,24 @@ def _part_logps(
 
 def _part_grads(
     z: torch.Tensor,
-    part: _Part,
+    part: _Part | _Joined,
     lo: int,
     hi: int,
     lp: torch.Tensor,
     r: torch.Tensor,
     weight: torch.Tensor,
     zhalf: torch.Tensor | None,
-    grads: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
+    grads: tuple[list[torch.Tensor | None], torch.Tensor | None, torch.Tensor | None],
 ) -> None:
     """Turn the log-softmax in ``z`` into ``G = p - onehot`` and add ``r``-weighted ``G``'s products
-    to the gradients (hidden rows of ``part``, weight, bias)."""
-    gh, gw, gb = grads
+    to the gradients (hidden rows of ``part`` in ``ghs``, weight, bias)."""
+    ghs, gw, gb = grads
     z.exp_()
     z.scatter_(1, part.t[lo:hi], torch.expm1(lp).unsqueeze(1))
     h = part.h[lo:hi]
-    if gh is not None:
+    if any(g is not None for g in ghs):
         g_in = z if zhalf is None else zhalf.copy_(z)
-        out = torch.mm(g_in, weight).mul_(r.unsqueeze(1).to(weight.dtype))
-        if part.rows is None:
-            gh[part.row0 + lo : part.row0 + hi] = out
-        else:
-            gh.index_copy_(0, part.rows[lo:hi], out)
+        part.put(ghs, torch.mm(g_in, weight).mul_(r.unsqueeze(1).to(weight.dtype)), lo, hi)
     if gw is not None:
         gw.addmm_(z.t(), h.to(gw.dtype) * r.unsqueeze(1))
     if gb is not None:
@@ -475,13 +499,10 @@ def _pair_forward(
             for lo, hi in streamed(parts[1]):
                 z, zh = zs(0, hi - lo)
                 lps_r.append(_part_logps(z, parts[1], lo, hi, weight, b, zh, inv_t))
-        off = 0
-        offsets = []
-        for part in held:
-            z, zh = zs(off, off + part.n)
-            lps.append(_part_logps(z, part, 0, part.n, weight, b, zh, inv_t))
-            offsets.append(off)
-            off += part.n
+        block: _Part | _Joined = _Joined(parts) if hold_rejected else parts[0]
+        z, zh = zs(0, block.n)
+        lp_block = _part_logps(z, block, 0, block.n, weight, b, zh, inv_t)
+        lps.extend(lp_block.split([p.n for p in held]))
         if not hold_rejected:
             lps.append(torch.cat(lps_r) if lps_r else hw.new_zeros(0, dtype=cdt))
         lp_all = torch.cat(lps)
@@ -514,15 +535,15 @@ def _pair_forward(
         for part in parts:
             r = a.index_select(0, part.seq) * (-inv_t * scale)
             rs.append(r if part.valid is None else torch.where(part.valid, r, r.new_zeros(())))
-        for part, off, lp, r in zip(held, offsets, lps, rs):
-            z, zh = zs(off, off + part.n)
-            _part_grads(z, part, 0, part.n, lp, r, weight, zh, (ghs[part.k], gw, gb))
+        z, zh = zs(0, block.n)
+        r_block = torch.cat(rs[: len(held)]) if hold_rejected else rs[0]
+        _part_grads(z, block, 0, block.n, lp_block, r_block, weight, zh, (ghs, gw, gb))
         if not hold_rejected:
             part = parts[1]
             for lo, hi in streamed(part):
                 z, zh = zs(0, hi - lo)
                 lp = _part_logps(z, part, lo, hi, weight, b, zh, inv_t)
-                _part_grads(z, part, lo, hi, lp, rs[1][lo:hi], weight, zh, (ghs[1], gw, gb))
+                _part_grads(z, part, lo, hi, lp, rs[1][lo:hi], weight, zh, (ghs, gw, gb))
     return total * scale, ghs, gw, gb
 
 
