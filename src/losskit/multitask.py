@@ -93,7 +93,8 @@ class Weighting(nn.Module):
             raise LossValueError(
                 f"{name} has shape {shape_str(losses.shape)}, expected ({self.num_tasks},): one loss per task"
             )
-        return losses
+        checked: torch.Tensor = losses
+        return checked
 
     def epoch_end(self) -> None:
         """Called by :meth:`MultiTaskLoss.epoch_end` once per epoch; no-op unless a strategy needs it."""
@@ -114,6 +115,8 @@ class FixedWeighting(Weighting):
         >>> FixedWeighting([1.0, 0.5])(torch.tensor([2.0, 4.0]))
         (tensor(4.), tensor([1.0000, 0.5000]))
     """
+
+    weights: torch.Tensor
 
     def __init__(
         self, weights: Sequence[float] | torch.Tensor | None = None, num_tasks: int | None = None
@@ -197,6 +200,11 @@ class DWA(Weighting):
         >>> dwa(torch.tensor([1.0, 1.0]))[1]  # the second task improves slower: larger weight
         tensor([0.8756, 1.1244])
     """
+
+    epoch_sum: torch.Tensor
+    epoch_steps: torch.Tensor
+    history: torch.Tensor
+    epochs: torch.Tensor
 
     def __init__(self, num_tasks: int, temperature: float = 2.0) -> None:
         super().__init__(num_tasks)
@@ -357,6 +365,8 @@ class GradNorm(Weighting):
     """
 
     needs_task_losses = True
+    initial_losses: torch.Tensor
+    initialized: torch.Tensor
 
     def __init__(self, num_tasks: int, alpha: float = 1.5) -> None:
         super().__init__(num_tasks)
@@ -646,7 +656,7 @@ class MultiTaskLoss(nn.Module):
         self._check_keys("targets", targets)
         if self.seed_form:
             _check_seed_inputs(preds, targets)
-        values = []
+        values: list[torch.Tensor] = []
         for name in self.task_names:
             try:
                 value = self.tasks[name](preds[name], targets[name])
@@ -672,6 +682,8 @@ class MultiTaskLoss(nn.Module):
         dtype = functools.reduce(torch.promote_types, (v.dtype for v in values))
         losses = torch.stack([v.to(dtype) for v in values])
         self.weighting.check_losses(losses, "cls_preds" if self.seed_form else "preds")
+        total: torch.Tensor
+        weights: torch.Tensor
         total, weights = self.weighting(losses)
         self._last_losses = losses.detach()
         self._last_weights = weights.detach().clone()  # a snapshot: some weightings return their parameter

@@ -19,6 +19,7 @@ smallest normal number, the finite limit at saturation).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -28,7 +29,9 @@ from ._compile import run_kernel
 __all__ = ["softmax_focal_mean", "softmax_focal_rows", "softmax_focal_supports"]
 
 
-def _row_terms(x: torch.Tensor, y: torch.Tensor, coef: torch.Tensor | None, ignore_index: int):
+def _row_terms(
+    x: torch.Tensor, y: torch.Tensor, coef: torch.Tensor | None, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x, y_safe, e, z, log p_y, 1 - p_y, c)`` with ``e = exp(x - max)``, ``z = sum e`` per row.
 
     ``log p_y = (x_y - max) - log1p(rest)`` (:func:`~losskit._kernels._common.softmax_parts`): a
@@ -46,15 +49,16 @@ def _row_terms(x: torch.Tensor, y: torch.Tensor, coef: torch.Tensor | None, igno
     return xf, yc, e, 1.0 + rest, lp, omp, c
 
 
-def _build_forward(gamma: float, ignore_index: int, scalar: float) -> Callable:
+def _build_forward(gamma: float, ignore_index: int, scalar: float) -> Callable[..., torch.Tensor]:
     def forward(x: torch.Tensor, y: torch.Tensor, coef: torch.Tensor | None = None) -> torch.Tensor:
         _, _, _, _, lp, omp, c = _row_terms(x, y, coef, ignore_index)
-        return -(scalar * c) * ipow(omp, gamma) * lp
+        out: torch.Tensor = -(scalar * c) * ipow(omp, gamma) * lp
+        return out
 
     return forward
 
 
-def _build_backward(gamma: float, ignore_index: int, scalar: float) -> Callable:
+def _build_backward(gamma: float, ignore_index: int, scalar: float) -> Callable[..., torch.Tensor]:
     def backward(
         x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, coef: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -66,33 +70,49 @@ def _build_backward(gamma: float, ignore_index: int, scalar: float) -> Callable:
         classes = torch.arange(xf.shape[1], device=xf.device).unsqueeze(0)
         # k (onehot - p), with 1 - p_y taken from log p_y (no cancellation as p_y -> 1)
         onehot = classes == yc.unsqueeze(1)
-        return (k * torch.where(onehot, omp.unsqueeze(1), -e / z)).to(x.dtype)
+        gx: torch.Tensor = (k * torch.where(onehot, omp.unsqueeze(1), -e / z)).to(x.dtype)
+        return gx
 
     return backward
 
 
 class _SoftmaxFocalRows(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, y, coef, scalar, gamma, ignore_index):  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        coef: torch.Tensor | None,
+        scalar: float,
+        gamma: float,
+        ignore_index: int,
+    ) -> torch.Tensor:
         ctx.save_for_backward(x, y, coef)
         ctx.conf = (scalar, gamma, ignore_index)
         key = ("softmax_focal.fwd", gamma, ignore_index, scalar, coef is not None)
         args = (x, y) if coef is None else (x, y, coef)
-        return run_kernel(key, lambda: _build_forward(gamma, ignore_index, scalar), x.numel(), *args)
+        out: torch.Tensor = run_kernel(
+            key, lambda: _build_forward(gamma, ignore_index, scalar), x.numel(), *args
+        )
+        return out
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None, None]:
         x, y, coef = ctx.saved_tensors
         scalar, gamma, ignore_index = ctx.conf
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None, None
         key = ("softmax_focal.bwd", gamma, ignore_index, scalar, coef is not None)
         args = (x, y, grad) if coef is None else (x, y, grad, coef)
-        gx = run_kernel(key, lambda: _build_backward(gamma, ignore_index, scalar), x.numel(), *args)
+        gx: torch.Tensor = run_kernel(
+            key, lambda: _build_backward(gamma, ignore_index, scalar), x.numel(), *args
+        )
         return gx, None, None, None, None, None
 
 
-def _mean_denominator(y: torch.Tensor, weight: torch.Tensor | None, ignore_index: int, dtype: torch.dtype):
+def _mean_denominator(
+    y: torch.Tensor, weight: torch.Tensor | None, ignore_index: int, dtype: torch.dtype
+) -> torch.Tensor:
     """``sum_i w_{y_i}`` over non-ignored rows (their count without ``weight``), at least ``tiny``."""
     valid = y != ignore_index
     if weight is None:
@@ -109,16 +129,29 @@ class _SoftmaxFocalMean(torch.autograd.Function):
     recomputed from the targets in backward, so autograd keeps nothing but the inputs."""
 
     @staticmethod
-    def forward(ctx, x, y, coef, weight, scalar, gamma, ignore_index):  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        coef: torch.Tensor | None,
+        weight: torch.Tensor | None,
+        scalar: float,
+        gamma: float,
+        ignore_index: int,
+    ) -> torch.Tensor:
         ctx.save_for_backward(x, y, coef, weight)
         ctx.conf = (scalar, gamma, ignore_index)
         key = ("softmax_focal.fwd", gamma, ignore_index, scalar, coef is not None)
         args = (x, y) if coef is None else (x, y, coef)
-        rows = run_kernel(key, lambda: _build_forward(gamma, ignore_index, scalar), x.numel(), *args)
+        rows: torch.Tensor = run_kernel(
+            key, lambda: _build_forward(gamma, ignore_index, scalar), x.numel(), *args
+        )
         return rows.sum() / _mean_denominator(y, weight, ignore_index, rows.dtype)
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(
+        ctx: Any, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, None, None, None, None, None, None]:
         x, y, coef, weight = ctx.saved_tensors
         scalar, gamma, ignore_index = ctx.conf
         if not ctx.needs_input_grad[0]:
@@ -126,7 +159,9 @@ class _SoftmaxFocalMean(torch.autograd.Function):
         g = (grad / _mean_denominator(y, weight, ignore_index, grad.dtype)).expand(y.shape[0]).contiguous()
         key = ("softmax_focal.bwd", gamma, ignore_index, scalar, coef is not None)
         args = (x, y, g) if coef is None else (x, y, g, coef)
-        gx = run_kernel(key, lambda: _build_backward(gamma, ignore_index, scalar), x.numel(), *args)
+        gx: torch.Tensor = run_kernel(
+            key, lambda: _build_backward(gamma, ignore_index, scalar), x.numel(), *args
+        )
         return gx, None, None, None, None, None, None
 
 
@@ -189,7 +224,10 @@ def softmax_focal_rows(
         tensor([0.1698, 0.0000])
     """
     tensor_coef, scalar = _split_coef(coef)
-    return _SoftmaxFocalRows.apply(input, target, tensor_coef, scalar, float(gamma), int(ignore_index))
+    out: torch.Tensor = _SoftmaxFocalRows.apply(  # type: ignore[no-untyped-call]  # Function.apply is unannotated in torch
+        input, target, tensor_coef, scalar, float(gamma), int(ignore_index)
+    )
+    return out
 
 
 def softmax_focal_mean(
@@ -214,6 +252,7 @@ def softmax_focal_mean(
         tensor(0.1698)
     """
     tensor_coef, scalar = _split_coef(coef)
-    return _SoftmaxFocalMean.apply(
+    out: torch.Tensor = _SoftmaxFocalMean.apply(  # type: ignore[no-untyped-call]  # Function.apply is unannotated in torch
         input, target, tensor_coef, weight, scalar, float(gamma), int(ignore_index)
     )
+    return out
