@@ -193,10 +193,13 @@ def clip_loss(
     img_all, txt_all, offset = _gather_pairs(img, txt) if gathered else (img, txt, 0)
     if chunk_size is not None:
         b = img.new_zeros(()) if bias is None else bias
-        per_pair = 0.5 * (
-            _PairBlocks.apply(img, txt_all, scale, b, offset, chunk_size, "softmax")
-            + _PairBlocks.apply(txt, img_all, scale, b, offset, chunk_size, "softmax")
+        i2t: torch.Tensor = _PairBlocks.apply(  # type: ignore[no-untyped-call]  # Function.apply is unannotated in torch
+            img, txt_all, scale, b, offset, chunk_size, "softmax"
         )
+        t2i: torch.Tensor = _PairBlocks.apply(  # type: ignore[no-untyped-call]  # Function.apply is unannotated in torch
+            txt, img_all, scale, b, offset, chunk_size, "softmax"
+        )
+        per_pair = 0.5 * (i2t + t2i)
         return _reduce(per_pair, reduction, gathered)
     labels = torch.arange(img.shape[0], device=img.device) + offset
     logits_i2t = (img * scale) @ txt_all.T
@@ -224,6 +227,9 @@ class CLIPLoss(nn.Module):
         >>> loss_fn.logit_scale.grad is not None
         True
     """
+
+    logit_scale: nn.Parameter
+    logit_bias: nn.Parameter | None
 
     def __init__(
         self,
@@ -261,7 +267,7 @@ class CLIPLoss(nn.Module):
         return _repr(self)
 
 
-def _init_params(module: nn.Module, init_scale: float, init_bias: float | None) -> None:
+def _init_params(module: CLIPLoss | SigLIPLoss, init_scale: float, init_bias: float | None) -> None:
     check_number("init_logit_scale", init_scale)
     module.logit_scale = nn.Parameter(torch.tensor(float(init_scale)))
     if init_bias is None:
@@ -373,7 +379,10 @@ def _siglip_rows(
 ) -> torch.Tensor:
     """``(B_local,)`` row sums of ``-log sigmoid(z_ij l_ij)`` against all texts."""
     if chunk_size is not None:
-        return _PairBlocks.apply(img, txt_all, scale, bias, offset, chunk_size, "sigmoid")
+        rows: torch.Tensor = _PairBlocks.apply(  # type: ignore[no-untyped-call]  # Function.apply is unannotated in torch
+            img, txt_all, scale, bias, offset, chunk_size, "sigmoid"
+        )
+        return rows
     logits = (img * scale) @ txt_all.T + bias
     pos = (torch.arange(img.shape[0], device=img.device) + offset)[:, None]
     # flip the sign of the positive logit: the loss of every entry is then softplus(entry)
@@ -456,6 +465,9 @@ class SigLIPLoss(nn.Module):
         >>> loss_fn.logit_bias.grad is not None
         True
     """
+
+    logit_scale: nn.Parameter
+    logit_bias: nn.Parameter | None
 
     def __init__(
         self,

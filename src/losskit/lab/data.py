@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +34,13 @@ __all__ = [
 ]
 
 
-def _sklearn_datasets():
+def _sklearn_datasets() -> types.ModuleType:
     try:
         from sklearn import datasets
     except ImportError as exc:  # pragma: no cover - sklearn is a lab extra
         raise ImportError("losskit lab needs scikit-learn: pip install 'losskit[lab]'") from exc
-    return datasets
+    module: types.ModuleType = datasets
+    return module
 
 
 @functools.cache

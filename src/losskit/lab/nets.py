@@ -56,4 +56,5 @@ class SeedMLP(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers[-1](self.features(x))
+        out: torch.Tensor = self.layers[-1](self.features(x))
+        return out

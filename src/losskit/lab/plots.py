@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import matplotlib
 import numpy as np
@@ -14,17 +14,28 @@ import matplotlib.pyplot as plt
 from .core import ExperimentResult, Figure, LabContext
 from .report import summarize
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
 __all__ = ["ERRORBAR_LABEL", "legend_outside", "plt", "positive_for_log", "seed_strip"]
 
 ERRORBAR_LABEL = "mean ± std over seeds"
 
 
-def seed_strip(ctx: LabContext, res: ExperimentResult, ax: Any | None = None) -> Figure | None:
+@overload
+def seed_strip(ctx: LabContext, res: ExperimentResult, ax: None = None) -> Figure: ...
+
+
+@overload
+def seed_strip(ctx: LabContext, res: ExperimentResult, ax: Axes) -> None: ...
+
+
+def seed_strip(ctx: LabContext, res: ExperimentResult, ax: Axes | None = None) -> Figure | None:
     """Per-seed values of the primary metric per method (dots, paired seeds joined by faint lines),
     with mean ± std bars. Saved as ``<experiment>_metric.png`` unless an axis is given."""
     methods = list(res.methods)
     own = ax is None
-    if own:
+    if ax is None:
         fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(methods) + 1.5), 3.4))
     n_seeds = len(next(iter(res.methods.values()), []))
     for s in range(n_seeds):

@@ -77,6 +77,8 @@ def paired_diff(method: Sequence[float], baseline: Sequence[float], higher_is_be
     diffs = [m - b for m, b in zip(method, baseline)]
     mean, std = summarize(diffs)
     n = len(diffs)
+    lo: float | None
+    hi: float | None
     if n >= 2 and math.isfinite(std):
         half = t_quantile_975(n - 1) * std / math.sqrt(n)
         lo, hi = mean - half, mean + half
@@ -128,7 +130,9 @@ def conclude(res: ExperimentResult) -> str:
     if res.baseline not in res.methods:
         return "No baseline was measured, so no comparison is made."
     base = res.methods[res.baseline]
-    better, worse, same = [], [], []
+    better: list[str] = []
+    worse: list[str] = []
+    same: list[str] = []
     for m in _candidates(res):
         d = paired_diff(res.methods[m], base, res.higher_is_better)
         verdict = d.verdict(res.higher_is_better)

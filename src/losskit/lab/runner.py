@@ -101,7 +101,8 @@ def check_output_dir(out_dir: Path) -> Path:
 
 def _load(name: str) -> Callable[[LabContext], ExperimentResult]:
     module = importlib.import_module(f"losskit.lab.experiments.{EXPERIMENTS[name][0]}")
-    return module.run
+    run: Callable[[LabContext], ExperimentResult] = module.run
+    return run
 
 
 def configure_torch() -> None:

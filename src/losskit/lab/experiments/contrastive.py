@@ -9,6 +9,8 @@ similarity over all held-out bottom halves) its own?
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,9 @@ from torch import nn
 
 from .. import data
 from ..core import ExperimentResult, LabContext, batches, cosine_lr, make_mlp, require, rng_for, seed_torch
+
+if TYPE_CHECKING:
+    from ...embedding.contrastive import CLIPLoss, SigLIPLoss
 
 NAME = "contrastive"
 TEST_FRACTION = 0.3
@@ -53,14 +58,15 @@ def _towers() -> tuple[nn.Module, nn.Module]:
     return make_mlp([32, HIDDEN, DIM]), make_mlp([32, HIDDEN, DIM])
 
 
-def _loss_module(method: str) -> nn.Module:
-    CLIPLoss, SigLIPLoss = require("CLIPLoss", "SigLIPLoss")
-    return CLIPLoss() if method == "clip" else SigLIPLoss()
+def _loss_module(method: str) -> CLIPLoss | SigLIPLoss:
+    clip, siglip = require("CLIPLoss", "SigLIPLoss")
+    loss_fn: CLIPLoss | SigLIPLoss = clip() if method == "clip" else siglip()
+    return loss_fn
 
 
 def _train(
     d: dict[str, torch.Tensor], method: str, seed: int, steps: int
-) -> tuple[nn.Module, nn.Module, nn.Module]:
+) -> tuple[nn.Module, nn.Module, CLIPLoss | SigLIPLoss]:
     gen = seed_torch(NAME, seed)  # same initial towers and batch order for both losses of a seed
     image, text = _towers()
     loss_fn = _loss_module(method)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> list[float]:
 
 
 def _fit(
-    model: SeedMLP, d: dict, loss: LossFn, teacher_logits: torch.Tensor | None, steps: int, lr: float
+    model: SeedMLP, d: dict[str, torch.Tensor], loss: LossFn, teacher_logits: torch.Tensor | None, steps: int, lr: float
 ) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = cosine_lr(opt, steps)
@@ -65,7 +66,7 @@ def _fit(
         out = model(x)
         tl = teacher_logits if teacher_logits is not None else out
         prog = (step + 1) / steps
-        total = sum(loss(out[i], tl[i], y[i], prog) for i in range(len(y)))
+        total = cast(torch.Tensor, sum(loss(out[i], tl[i], y[i], prog) for i in range(len(y))))
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypedDict, cast
 
 import numpy as np
 import torch
 
 from .. import data
-from ..core import ExperimentResult, LabContext, cosine_lr, require, rng_for
+from ..core import ExperimentResult, Figure, LabContext, cosine_lr, require, rng_for
 from ..nets import SeedMLP, seed_generators
 
 NAME = "imbalanced_classification"
@@ -20,6 +21,17 @@ EFFECTIVE_BETA = 0.99
 GAMMA = 2.0
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+
+
+class _Data(TypedDict):
+    """Per-seed stacks: inputs ``(S, n, 64)``, targets ``(S, n)``, class order ``(S, C)``, class weights."""
+
+    xtr: torch.Tensor
+    ytr: torch.Tensor
+    xte: torch.Tensor
+    yte: torch.Tensor
+    order: np.ndarray
+    weights: list[dict[str, torch.Tensor]]
 
 
 def _losses() -> dict[str, LossFn]:
@@ -37,11 +49,16 @@ def _losses() -> dict[str, LossFn]:
     }
 
 
-def _make_data(seeds: list[int]) -> dict[str, object]:
+def _make_data(seeds: list[int]) -> _Data:
     (class_weights,) = require("class_weights")
     X, y = data.digits()
     X = X / 16.0
-    xtr, ytr, xte, yte, order, weights = [], [], [], [], [], []
+    xtr: list[np.ndarray] = []
+    ytr: list[np.ndarray] = []
+    xte: list[np.ndarray] = []
+    yte: list[np.ndarray] = []
+    order: list[np.ndarray] = []
+    weights: list[dict[str, torch.Tensor]] = []
     for seed in seeds:
         rng = rng_for(NAME, seed)
         split = data.split_indices(len(y), TEST_FRACTION, rng, labels=y)
@@ -82,23 +99,24 @@ def _per_class_recall(pred: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     return out
 
 
-def _train(d: dict, loss: LossFn, seeds: list[int], steps: int, hidden: int) -> torch.Tensor:
+def _train(d: _Data, loss: LossFn, seeds: list[int], steps: int, hidden: int) -> torch.Tensor:
     model = SeedMLP([64, hidden, NUM_CLASSES], seed_generators(NAME, seeds))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4)
     sched = cosine_lr(opt, steps)
     x, y, w = d["xtr"], d["ytr"], d["weights"]
     for _ in range(steps):
         logits = model(x)
-        total = sum(loss(logits[i], y[i], w[i]) for i in range(len(seeds)))
+        total = cast(torch.Tensor, sum(loss(logits[i], y[i], w[i]) for i in range(len(seeds))))
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
         sched.step()
     with torch.no_grad():
-        return model(d["xte"]).argmax(-1)
+        pred: torch.Tensor = model(d["xte"]).argmax(-1)
+        return pred
 
 
-def _mechanism_figure(ctx: LabContext) -> object:
+def _mechanism_figure(ctx: LabContext) -> Figure:
     from ..plots import plt
 
     ce, focal = require("cross_entropy_loss", "focal_loss")
@@ -106,11 +124,14 @@ def _mechanism_figure(ctx: LabContext) -> object:
     z = torch.log(p_t / (1 - p_t)).requires_grad_(True)  # 2-class logits (z, 0): softmax gives p_t
     target = torch.zeros(len(p_t), dtype=torch.long)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
-    curves = [("CE", lambda lg: ce(lg, target, reduction="none"))]
-    curves += [
-        (f"focal γ={g:g}", lambda lg, g=g: focal(lg, target, gamma=g, reduction="none"))
-        for g in (0.5, 1, 2, 5)
+    curves: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = [
+        ("CE", lambda lg: ce(lg, target, reduction="none"))
     ]
+
+    def focal_curve(g: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda lg: focal(lg, target, gamma=g, reduction="none")
+
+    curves += [(f"focal γ={g:g}", focal_curve(g)) for g in (0.5, 1, 2, 5)]
     for label, fn in curves:
         logits = torch.stack([z, torch.zeros_like(z)], dim=1)
         loss = fn(logits)

@@ -41,7 +41,8 @@ class _WindowLM(nn.Module):
         self.head = nn.Parameter(torch.randn(vocab, HIDDEN) / HIDDEN**0.5)
 
     def forward(self, ctx_ids: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.embed(ctx_ids).flatten(1))
+        hidden: torch.Tensor = self.mlp(self.embed(ctx_ids).flatten(1))
+        return hidden
 
 
 def _loss_fn(method: str) -> Any:
@@ -137,7 +138,8 @@ def _measure(
     )
     if result is None:
         raise RuntimeError(f"memory measurement failed: {stderr.strip()[-500:]}")
-    return result
+    memory: dict[str, dict[str, list[int]]] = result
+    return memory
 
 
 # ----------------------------------------------------------------------------- the experiment

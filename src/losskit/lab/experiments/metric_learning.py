@@ -72,7 +72,7 @@ def _make_data(seed: int) -> dict[str, torch.Tensor]:
     }
 
 
-def _augment(x: torch.Tensor, g: torch.Tensor | torch.Generator) -> torch.Tensor:
+def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """A random view: shift the 8x8 image by up to MAX_SHIFT pixels (zero fill), add gaussian noise."""
     n = x.shape[0]
     img = F.pad(x.view(n, 8, 8), (MAX_SHIFT,) * 4)
@@ -121,7 +121,8 @@ def _pca2(z: torch.Tensor) -> np.ndarray:
     z = F.normalize(z, dim=1).double()
     z = z - z.mean(dim=0)
     _, _, v = torch.linalg.svd(z, full_matrices=False)
-    return (z @ v[:2].T).numpy()
+    coords: np.ndarray = (z @ v[:2].T).numpy()
+    return coords
 
 
 def _conclusion(res: ExperimentResult, trained: list[str]) -> str:
@@ -204,7 +205,7 @@ def run(ctx: LabContext) -> ExperimentResult:
     res.conclusion = _conclusion(res, list(losses))
 
     means = {m: float(np.mean(res.methods[m])) for m in losses}
-    best = max((m for m in losses if m != "ce"), key=means.get)
+    best = max((m for m in losses if m != "ce"), key=means.__getitem__)
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
     labels = d0["yte"].numpy()
     for ax, m in zip(axes, ("ce", best)):

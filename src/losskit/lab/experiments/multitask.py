@@ -23,7 +23,7 @@ GRADNORM_ALPHA = 1.5
 DWA_T = 2.0
 
 # method -> (weighting name, weighting_options); "cls_only" trains the classification task alone
-METHODS: dict[str, tuple[str, dict]] = {
+METHODS: dict[str, tuple[str, dict[str, float]]] = {
     "equal": ("fixed", {}),
     "fixed_1/var": ("fixed", {}),  # weights (1, 1 / Var(y_train)): the loss scale of a standardised target
     "uncertainty": ("uncertainty", {}),

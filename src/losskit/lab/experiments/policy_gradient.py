@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -67,13 +67,14 @@ class PrefixPolicy(nn.Module):
     def forward(self, target: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
         """``target (..., )``, ``prefix (..., T_MAX - 1)`` -> logits ``(..., VOCAB)``."""
         x = torch.cat([self.target(target)[..., None, :], self.token(prefix)], -2)
-        return self.mlp(x.flatten(-2))
+        logits: torch.Tensor = self.mlp(x.flatten(-2))
+        return logits
 
     def _tables(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The first layer split by input slot (the same function as :meth:`forward`, cheaper): the
         pre-activation with nothing written yet ``(B, HIDDEN)``, and ``(T_MAX - 1, VOCAB + 1, HIDDEN)``: what
         writing token ``v`` at position ``j`` adds to it (0 for PAD)."""
-        first = self.mlp[0]
+        first = cast(nn.Linear, self.mlp[0])
         w = first.weight.view(HIDDEN, T_MAX, EMBED)
         per_slot = torch.einsum("ve,hje->jvh", self.token.weight, w[:, 1:])  # (T-1, V+1, H)
         empty = first.bias + self.target(target) @ w[:, 0].T + per_slot[:, PAD].sum(0)
@@ -85,7 +86,8 @@ class PrefixPolicy(nn.Module):
         empty, added = self._tables(target)
         written = added[torch.arange(T_MAX - 1), tokens[:, : T_MAX - 1]]  # (B, T-1, H)
         before = torch.cat([torch.zeros_like(written[:, :1]), written.cumsum(1)], 1)  # sum over j < t
-        return self.mlp[2](torch.tanh(empty[:, None] + before))
+        logits: torch.Tensor = self.mlp[2](torch.tanh(empty[:, None] + before))
+        return logits
 
 
 def token_log_probs(model: PrefixPolicy, target: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

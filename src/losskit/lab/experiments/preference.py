@@ -27,6 +27,8 @@ PREF_LR, PREF_BATCH = 1e-3, 64  # pairs per preference step, the same for every 
 # the losses' defaults (the papers' / TRL's): DPO, IPO (tau), ORPO (lambda), KTO beta 0.1; SimPO beta 2, gamma 0.5
 BETA = {"dpo": 0.1, "ipo": 0.1, "orpo": 0.1, "kto": 0.1, "simpo": 2.0}
 SIMPO_GAMMA = 0.5
+# sequence_log_probs(logits, labels, ...) -> (N,) summed log-probs
+SeqLogProbs = Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -72,11 +74,12 @@ def _windows(prompt: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
 
 def _logits(model: _WindowLM, windows: torch.Tensor) -> torch.Tensor:
     h = model(windows.reshape(-1, CONTEXT))
-    return (h @ model.head.T).view(*windows.shape[:-1], -1)
+    logits: torch.Tensor = (h @ model.head.T).view(*windows.shape[:-1], -1)
+    return logits
 
 
 def completion_log_probs(
-    model: _WindowLM, prompt: torch.Tensor, completion: torch.Tensor, seq_log_probs: Callable
+    model: _WindowLM, prompt: torch.Tensor, completion: torch.Tensor, seq_log_probs: SeqLogProbs
 ) -> torch.Tensor:
     """``(N,)`` summed log-probs of each completion given its prompt."""
     return seq_log_probs(_logits(model, _windows(prompt, completion)), completion)
@@ -105,14 +108,15 @@ class _Objective:
     def __init__(self, method: str) -> None:
         dpo, simpo, orpo, kto = require("DPOLoss", "SimPOLoss", "ORPOLoss", "KTOLoss")
         self.method = method
-        self.loss = {
+        factories: dict[str, Callable[[], Callable[..., torch.Tensor] | None]] = {
             "dpo": lambda: dpo(beta=BETA["dpo"]),
             "ipo": lambda: dpo(beta=BETA["ipo"], loss_type="ipo"),
             "simpo": lambda: simpo(beta=BETA["simpo"], gamma=SIMPO_GAMMA),
             "orpo": lambda: orpo(beta=BETA["orpo"]),
             "kto": lambda: kto(beta=BETA["kto"]),
             "sft_chosen": lambda: None,
-        }[method]()
+        }
+        self.loss = factories[method]()
 
     def __call__(
         self,
@@ -121,19 +125,21 @@ class _Objective:
         batch: Pairs,
         ref_c: torch.Tensor,
         ref_r: torch.Tensor,
-        seq_log_probs: Callable,
+        seq_log_probs: SeqLogProbs,
     ) -> torch.Tensor:
         pc = completion_log_probs(model, batch.prompt, batch.chosen, seq_log_probs)
         pr = completion_log_probs(model, batch.prompt, batch.rejected, seq_log_probs)
         m = self.method
         if m == "sft_chosen":  # more SFT: token-mean cross-entropy of the chosen completions only
             return -pc.mean() / COMPLETION
+        loss = self.loss
+        assert loss is not None  # every method but sft_chosen has a loss module
         if m == "dpo":
-            return self.loss(pc, pr, ref_c, ref_r)
+            return loss(pc, pr, ref_c, ref_r)
         if m == "ipo":  # IPO's paper uses length-averaged log-probs, policy and reference alike
-            return self.loss(pc / COMPLETION, pr / COMPLETION, ref_c / COMPLETION, ref_r / COMPLETION)
+            return loss(pc / COMPLETION, pr / COMPLETION, ref_c / COMPLETION, ref_r / COMPLETION)
         if m in ("simpo", "orpo"):  # length-averaged, no reference
-            return self.loss(pc / COMPLETION, pr / COMPLETION)
+            return loss(pc / COMPLETION, pr / COMPLETION)
         # KTO: every pair becomes one desirable (real) and one undesirable (corrupted) example; the KL
         # reference point uses mismatched completions (prompt i with the real completion of row i + 1)
         mism = batch.chosen.roll(1, 0)
@@ -141,7 +147,7 @@ class _Objective:
         with torch.no_grad():
             rk = completion_log_probs(ref, batch.prompt, mism, seq_log_probs)
         desirable = torch.cat([torch.ones_like(pc, dtype=torch.bool), torch.zeros_like(pr, dtype=torch.bool)])
-        return self.loss(torch.cat([pc, pr]), torch.cat([ref_c, ref_r]), desirable, pk, rk)
+        return loss(torch.cat([pc, pr]), torch.cat([ref_c, ref_r]), desirable, pk, rk)
 
 
 @dataclass
@@ -165,13 +171,13 @@ class _EvalSet:
     ref_text_logp: torch.Tensor
 
 
-def _accuracy(model: _WindowLM, pairs: Pairs, seq_log_probs: Callable) -> tuple[float, torch.Tensor]:
+def _accuracy(model: _WindowLM, pairs: Pairs, seq_log_probs: SeqLogProbs) -> tuple[float, torch.Tensor]:
     pc = completion_log_probs(model, pairs.prompt, pairs.chosen, seq_log_probs)
     pr = completion_log_probs(model, pairs.prompt, pairs.rejected, seq_log_probs)
     return 100.0 * float((pc > pr).float().mean()), pc - pr
 
 
-def _evaluate(model: _WindowLM, es: _EvalSet, seq_log_probs: Callable, seen: bool = False) -> Eval:
+def _evaluate(model: _WindowLM, es: _EvalSet, seq_log_probs: SeqLogProbs, seen: bool = False) -> Eval:
     """The held-out metrics (and the training-pair accuracy with ``seen=True``)."""
     with torch.no_grad():
         acc, gap = _accuracy(model, es.held, seq_log_probs)
@@ -266,7 +272,7 @@ def _conclusion(
         parts.append("lower it: " + "; ".join(groups["worse"]))
     if groups["no measurable difference"]:
         parts.append("do not change it measurably: " + "; ".join(groups["no measurable difference"]))
-    control = {"better": [], "worse": [], "no measurable difference": []}
+    control: dict[str, list[str]] = {"better": [], "worse": [], "no measurable difference": []}
     for m in METHODS[1:]:
         d = paired_diff(acc[m], acc["sft_chosen"], True)
         control[d.verdict(True)].append(f"{m} {_fmt_ci(d)}")

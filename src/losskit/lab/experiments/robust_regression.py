@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 import torch
@@ -72,13 +73,14 @@ def _fit(
     scales = [float(s) * delta_mult for s in d["scale"]]
     for _ in range(steps):
         pred = model(d["xtr"]).squeeze(-1)
-        total = sum(loss(pred[i], y[i], scales[i]) for i in range(len(seeds)))
+        total = cast(torch.Tensor, sum(loss(pred[i], y[i], scales[i]) for i in range(len(seeds))))
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
         sched.step()
     with torch.no_grad():
-        return model(d["xte"]).squeeze(-1)
+        test_pred: torch.Tensor = model(d["xte"]).squeeze(-1)
+        return test_pred
 
 
 def _rmse(pred: torch.Tensor, y: torch.Tensor) -> list[float]:
@@ -139,7 +141,7 @@ def run(ctx: LabContext) -> ExperimentResult:
 
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     deltas = [mult * scale for mult in mults]
-    stds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in sweep]  # the report's sample std
+    stds = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in sweep]  # the report's sample std
     ax.errorbar(deltas, [np.mean(v) for v in sweep], yerr=stds, fmt="o-", capsize=3,
                 label=f"Huber(delta), {ERRORBAR_LABEL}")  # fmt: skip
     for m, color, ls in (("mse", "C3", "--"), ("l1", "C2", ":"), ("mse_clean", "k", "-.")):
