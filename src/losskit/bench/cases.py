@@ -33,6 +33,8 @@ __all__ = ["CASES", "Case", "Variant", "get_case", "load_extra", "register_case"
 
 Shape = tuple[int, ...]
 MakeFn = Callable[[Shape, torch.dtype, int], tuple[tuple[Any, ...], tuple[int, ...]]]
+# what the built-in ``make`` functions return: the loss's tensor arguments and the indices needing grad
+Inputs = tuple[tuple[torch.Tensor, ...], tuple[int, ...]]
 
 
 @dataclass
@@ -55,7 +57,7 @@ class Case:
     shape: Shape
     quick_shape: Shape
     build_variants: Callable[[], list[Variant]]
-    scaling: list[Shape] = field(default_factory=list)
+    scaling: Sequence[Shape] = field(default_factory=list)
     note: str = ""
     max_repeat: int | None = None  # cap on the timed rounds for cases of seconds per step
 
@@ -106,21 +108,21 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def make_binary(shape: Shape, dtype: torch.dtype, seed: int):
+def make_binary(shape: Shape, dtype: torch.dtype, seed: int) -> Inputs:
     g = _gen(seed)
     x = (torch.randn(shape, generator=g) * 2).to(dtype)
     t = (torch.rand(shape, generator=g) < 0.1).to(dtype)
     return (x, t), (0,)
 
 
-def make_classes(shape: Shape, dtype: torch.dtype, seed: int):
+def make_classes(shape: Shape, dtype: torch.dtype, seed: int) -> Inputs:
     g = _gen(seed)
     x = (torch.randn(shape, generator=g) * 2).to(dtype)
     y = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
     return (x, y), (0,)
 
 
-def make_pair(shape: Shape, dtype: torch.dtype, seed: int):
+def make_pair(shape: Shape, dtype: torch.dtype, seed: int) -> Inputs:
     g = _gen(seed)
     s = (torch.randn(shape, generator=g) * 2).to(dtype)
     t = (torch.randn(shape, generator=g) * 2).to(dtype)
@@ -153,7 +155,7 @@ def _sigmoid_focal_variants() -> list[Variant]:
 
     LF = _lf()
 
-    def eager(x, t):  # torchvision.ops.sigmoid_focal_loss, mean
+    def eager(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # torchvision.ops.sigmoid_focal_loss, mean
         p = torch.sigmoid(x)
         ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
         p_t = p * t + (1 - p) * (1 - t)
@@ -197,7 +199,7 @@ def _focal_variants() -> list[Variant]:
 
     LF = _lf()
 
-    def eager(x, y):
+    def eager(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logp = F.log_softmax(x, dim=1).gather(1, y.unsqueeze(1)).squeeze(1)
         return (-((1 - logp.exp()) ** 2) * logp).mean()
 
@@ -227,7 +229,7 @@ def _kd_variants() -> list[Variant]:
     LF = _lf()
     temp = 4.0
 
-    def eager(s, t, y):
+    def eager(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.kl_div(F.log_softmax(s / temp, 1), F.softmax(t / temp, 1), reduction="batchmean") * temp**2
 
     return [
@@ -244,7 +246,7 @@ def _jsd_variants() -> list[Variant]:
 
     LF = _lf()
 
-    def eager(s, t, y):
+    def eager(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         ps, pt = F.softmax(s, 1), F.softmax(t, 1)
         m = 0.5 * (ps + pt)
         return (
@@ -262,7 +264,15 @@ def _jsd_variants() -> list[Variant]:
     ]
 
 
-def _index_loss(tp, ps, gs, tp_coef: float, alpha: float, beta: float, eps: float = 1e-7):
+def _index_loss(
+    tp: torch.Tensor,
+    ps: torch.Tensor,
+    gs: torch.Tensor,
+    tp_coef: float,
+    alpha: float,
+    beta: float,
+    eps: float = 1e-7,
+) -> torch.Tensor:
     """losskit's Dice/Tversky index on the class sums (smooth 0, empty-mask smoothing 1)."""
     num = tp_coef * tp
     den = num + alpha * (ps - tp) + beta * (gs - tp)
@@ -276,7 +286,7 @@ def _overlap_variants(which: str) -> list[Variant]:
     LF = _lf()
     k, a, b = (2.0, 1.0, 1.0) if which == "dice" else (1.0, 0.3, 0.7)
 
-    def eager(x, y):
+    def eager(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
         p = x.softmax(dim=1)
         g = F.one_hot(y, c).permute(0, 3, 1, 2).to(p.dtype)
@@ -316,7 +326,14 @@ def _asymmetric_variants() -> list[Variant]:
 
     LF = _lf()
 
-    def eager(x, t, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-8):  # the ASL reference formula
+    def eager(  # the ASL reference formula
+        x: torch.Tensor,
+        t: torch.Tensor,
+        gamma_neg: float = 4.0,
+        gamma_pos: float = 0.0,
+        clip: float = 0.05,
+        eps: float = 1e-8,
+    ) -> torch.Tensor:
         xs_pos = torch.sigmoid(x)
         xs_neg = (1 - xs_pos + clip).clamp(max=1)
         loss = t * torch.log(xs_pos.clamp(min=eps)) + (1 - t) * torch.log(xs_neg.clamp(min=eps))

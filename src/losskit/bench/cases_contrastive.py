@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .cases import Case, Shape, Variant, _lf, register_case
+from .cases import Case, Inputs, Shape, Variant, _lf, register_case
 
 __all__ = ["eager_clip", "eager_siglip", "make_image_text"]
 
@@ -42,7 +42,7 @@ def eager_siglip(
     return -F.logsigmoid(labels * logits).sum() / img.shape[0]
 
 
-def make_image_text(shape: Shape, dtype: torch.dtype, seed: int):
+def make_image_text(shape: Shape, dtype: torch.dtype, seed: int) -> Inputs:
     """``(image (B, D), text (B, D), log-scale, bias)``: matching pairs are correlated."""
     b, d = shape
     g = torch.Generator().manual_seed(seed)

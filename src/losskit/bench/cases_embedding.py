@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .cases import Case, Shape, Variant, _lf, _peer, register_case
+from .cases import Case, Inputs, Shape, Variant, _lf, _peer, register_case
 
 __all__ = [
     "eager_batch_all",
@@ -139,7 +139,7 @@ def eager_proxy_anchor(emb: torch.Tensor, labels: torch.Tensor, proxies: torch.T
 # ----------------------------------------------------------------------------- inputs
 
 
-def make_labelled(shape: Shape, dtype: torch.dtype, seed: int):
+def make_labelled(shape: Shape, dtype: torch.dtype, seed: int) -> Inputs:
     """``(embeddings (B, D), labels (B,))`` with 8 embeddings per class."""
     b, d = shape
     g = torch.Generator().manual_seed(seed)
@@ -147,7 +147,7 @@ def make_labelled(shape: Shape, dtype: torch.dtype, seed: int):
     return (emb, torch.arange(b) % max(b // 8, 2)), (0,)
 
 
-def make_views(shape: Shape, dtype: torch.dtype, seed: int):
+def make_views(shape: Shape, dtype: torch.dtype, seed: int) -> Inputs:
     """Two correlated views ``(B, D)`` of the same batch."""
     b, d = shape
     g = torch.Generator().manual_seed(seed)
@@ -155,7 +155,7 @@ def make_views(shape: Shape, dtype: torch.dtype, seed: int):
     return (z1.to(dtype), (z1 + 0.3 * torch.randn(b, d, generator=g)).to(dtype)), (0, 1)
 
 
-def make_proxies(shape: Shape, dtype: torch.dtype, seed: int):
+def make_proxies(shape: Shape, dtype: torch.dtype, seed: int) -> Inputs:
     """``(embeddings (B, D), labels (B,), proxies (B / 8, D))``; proxies take a gradient too."""
     (emb, labels), _ = make_labelled(shape, dtype, seed)
     g = torch.Generator().manual_seed(seed + 1)
@@ -220,7 +220,8 @@ def _nt_xent_variants() -> list[Variant]:
 
         def pml(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             labels = torch.arange(a.shape[0], device=a.device)
-            return loss(torch.cat([a, b]), torch.cat([labels, labels]))
+            out: torch.Tensor = loss(torch.cat([a, b]), torch.cat([labels, labels]))
+            return out
 
         # PML compares every positive pair with every negative pair: (2B)^3 elements, 34 GB at B = 1024
         out.append(
@@ -314,30 +315,31 @@ def _proxy_anchor_variants() -> list[Variant]:
         def pml(e: torch.Tensor, y: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
             peer = losses.ProxyAnchorLoss(p.shape[0], p.shape[1], margin=PA_DELTA, alpha=PA_ALPHA)
             peer.proxies = torch.nn.Parameter(p)  # the same proxies, as a leaf of the peer
-            return peer(e, y) + 0.0 * p.sum()
+            out: torch.Tensor = peer(e, y) + 0.0 * p.sum()
+            return out
 
         out.append(Variant("PML ProxyAnchorLoss", "peer", pml, note="builds the module per call"))
     return out
 
 
 def _xbm_variants() -> list[Variant]:
-    import losskit
+    from losskit.embedding.memory import CrossBatchMemory
+    from losskit.embedding.similarity import MultiSimilarityLoss
 
-    def build(shape_d: int) -> Any:
-        xbm = losskit.CrossBatchMemory(
-            losskit.MultiSimilarityLoss(), embedding_size=shape_d, memory_size=XBM_MEMORY
-        )
+    def build(shape_d: int) -> CrossBatchMemory:
+        xbm = CrossBatchMemory(MultiSimilarityLoss(), embedding_size=shape_d, memory_size=XBM_MEMORY)
         g = torch.Generator().manual_seed(7)
         xbm.enqueue(
             torch.randn(XBM_MEMORY, shape_d, generator=g), torch.randint(0, 128, (XBM_MEMORY,), generator=g)
         )
         return xbm
 
-    state: dict[int, Any] = {}
+    state: dict[int, CrossBatchMemory] = {}
 
     def ours(e: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         xbm = state.setdefault(e.shape[1], build(e.shape[1]))
-        return xbm(e, y)
+        out: torch.Tensor = xbm(e, y)
+        return out
 
     def eager(e: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         mem = state.setdefault(-e.shape[1], build(e.shape[1]))
@@ -361,7 +363,8 @@ def _xbm_variants() -> list[Variant]:
                     peer.label_memory.copy_(torch.randint(0, 128, (XBM_MEMORY,), generator=g))
                 peer.has_been_filled = True
                 peer_state[e.shape[1]] = peer
-            return peer_state[e.shape[1]](e, y)
+            out: torch.Tensor = peer_state[e.shape[1]](e, y)
+            return out
 
         out.append(Variant("PML CrossBatchMemory(MultiSimilarityLoss)", "peer", pml, note="no mining"))
     return out

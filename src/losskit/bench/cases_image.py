@@ -11,12 +11,13 @@ pytorch-msssim's ``SSIM`` module is added as a peer when it is installed (the ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .cases import Case, Shape, Variant, _lf, _peer, register_case
+from .cases import Case, Inputs, Shape, Variant, _lf, _peer, register_case
 
 __all__ = ["eager_ssim_full_window", "eager_ssim_separable"]
 
@@ -29,7 +30,9 @@ def _window(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return g / g.sum()
 
 
-def _ssim_from(filt, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _ssim_from(
+    filt: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     mu1, mu2 = filt(x), filt(y)
     mu1_sq, mu2_sq, mu12 = mu1.pow(2), mu2.pow(2), mu1 * mu2
     s1 = filt(x * x) - mu1_sq
@@ -37,7 +40,8 @@ def _ssim_from(filt, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     s12 = filt(x * y) - mu12
     cs = (2 * s12 + C2) / (s1 + s2 + C2)
     ssim_map = ((2 * mu12 + C1) / (mu1_sq + mu2_sq + C1)) * cs
-    return 1 - ssim_map.flatten(2).mean(-1).mean()
+    loss: torch.Tensor = 1 - ssim_map.flatten(2).mean(-1).mean()
+    return loss
 
 
 def eager_ssim_separable(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -61,7 +65,7 @@ def eager_ssim_full_window(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return _ssim_from(lambda t: F.conv2d(t, w2, groups=c), x, y)
 
 
-def make_images(shape: Shape, dtype: torch.dtype, seed: int):
+def make_images(shape: Shape, dtype: torch.dtype, seed: int) -> Inputs:
     g = torch.Generator().manual_seed(seed)
     target = torch.rand(shape, generator=g)
     pred = (target + 0.1 * torch.randn(shape, generator=g)).clamp(0, 1)

@@ -19,12 +19,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .cases import Case, Shape, Variant, _lf, register_case
+from .cases import Case, Inputs, Shape, Variant, _lf, register_case
 
 __all__ = ["make_head"]
 
 
-def make_head(shape: Shape, dtype: torch.dtype, seed: int):
+def make_head(shape: Shape, dtype: torch.dtype, seed: int) -> Inputs:
     """``(hidden (N, H), weight (V, H), target (N,))`` with ``N * 500 // 4096`` ignored targets."""
     n, h, v = shape
     g = torch.Generator().manual_seed(seed)

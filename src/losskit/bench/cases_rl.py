@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import torch
 
-from .cases import Case, Shape, Variant, register_case
+from .cases import Case, Inputs, Shape, Variant, register_case
 
 __all__ = ["make_policy_gradient"]
 
 
-def make_policy_gradient(shape: Shape, dtype: torch.dtype, seed: int):
+def make_policy_gradient(shape: Shape, dtype: torch.dtype, seed: int) -> Inputs:
     """``(hidden (B, T, H), weight (V, H), target (B, T), old_logps (B, T), advantages (B,))``."""
     b, t, h, v = shape
     g = torch.Generator().manual_seed(seed)
@@ -39,7 +39,9 @@ def _variants() -> list[Variant]:
 
     fused = LinearPolicyGradientLoss("grpo")
 
-    def eager(hidden, weight, target, old, adv):
+    def eager(
+        hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, old: torch.Tensor, adv: torch.Tensor
+    ) -> torch.Tensor:
         logp = torch.log_softmax((hidden @ weight.T).float(), -1)
         with torch.no_grad():
             entropy = -(logp.exp() * logp).sum(-1)  # reported, as the fused form does

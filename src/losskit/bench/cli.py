@@ -97,7 +97,8 @@ def run_case(
     available = [v for v in case.variants() if v.fn is not None]
     variants = [v for v in available if v.runs_at(shape)]
     too_large = [v.name for v in available if not v.runs_at(shape)]
-    times = time_variants({v.name: v.fn for v in variants}, args, grad_idx, repeat=repeat)
+    fns = {v.name: v.fn for v in variants if v.fn is not None}  # every variant that runs has one
+    times = time_variants(fns, args, grad_idx, repeat=repeat)
     base = {v.role: times[v.name]["total"] for v in variants if v.role in ("eager", "native")}
     rows = []
     for v in variants:
@@ -110,7 +111,7 @@ def run_case(
             "total_ms": t["total"],
             "vs_eager": _ratio(t["total"], base.get("eager")),
             "vs_native": _ratio(t["total"], base.get("native")),
-            "held_bytes": held_bytes(v.fn, args, grad_idx),
+            "held_bytes": held_bytes(fns[v.name], args, grad_idx),
             "peak_bytes": (
                 peak_growth_subprocess(case.name, v.name, shape, str(dtype).split(".")[-1], threads, extra)
                 if peak
@@ -141,7 +142,8 @@ def run_scaling(case: Case, *, dtype: torch.dtype, threads: int, repeat: int) ->
     for shape in case.scaling:
         variants = [v for v in case.variants() if v.role in roles and v.runs_at(shape)]
         args, grad_idx = case.make(shape, dtype, 0)
-        times = time_variants({v.name: v.fn for v in variants}, args, grad_idx, repeat=repeat)
+        fns = {v.name: v.fn for v in variants if v.fn is not None}  # every variant that runs has one
+        times = time_variants(fns, args, grad_idx, repeat=repeat)
         for v in variants:
             out.append(
                 {
@@ -150,7 +152,7 @@ def run_scaling(case: Case, *, dtype: torch.dtype, threads: int, repeat: int) ->
                     "variant": v.name,
                     "role": v.role,
                     "total_ms": times[v.name]["total"],
-                    "held_bytes": held_bytes(v.fn, args, grad_idx),
+                    "held_bytes": held_bytes(fns[v.name], args, grad_idx),
                 }
             )
     return out
