@@ -85,7 +85,8 @@ def check_reduction(reduction: str, allowed: Sequence[str] = ("none", "mean", "s
         raise LossTypeError(
             f"reduction must be a string, one of {list(allowed)}, got {type(reduction).__name__}"
         )
-    return check_choice("reduction", reduction, allowed)
+    checked: str = check_choice("reduction", reduction, allowed)
+    return checked
 
 
 def check_number(
@@ -143,7 +144,8 @@ def check_floating(name: str, value: Any) -> torch.Tensor:
     check_tensor(name, value)
     if not value.is_floating_point():
         raise LossTypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
-    return value
+    tensor: torch.Tensor = value
+    return tensor
 
 
 def check_integer(name: str, value: Any) -> torch.Tensor:
@@ -151,7 +153,8 @@ def check_integer(name: str, value: Any) -> torch.Tensor:
     check_tensor(name, value)
     if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
         raise LossTypeError(f"{name} must be an integer tensor of class indices, got dtype {value.dtype}")
-    return value
+    tensor: torch.Tensor = value
+    return tensor
 
 
 def check_ndim(name: str, value: torch.Tensor, ndims: Sequence[int] | int, what: str = "") -> torch.Tensor:

@@ -156,7 +156,8 @@ def _fc() -> Any:
 def _wait(t: torch.Tensor) -> torch.Tensor:
     fc = _fc()
     if isinstance(t, fc.AsyncCollectiveTensor):
-        return t.wait()
+        waited: torch.Tensor = t.wait()
+        return waited
     return t
 
 
@@ -237,7 +238,8 @@ def _check_gatherable(name: str, x: Any) -> torch.Tensor:
     check_tensor(name, x)
     if x.dim() == 0:
         raise LossValueError(f"{name} must have a batch dimension (dim 0), got a 0-d tensor")
-    return x
+    tensor: torch.Tensor = x
+    return tensor
 
 
 def _sizes(x: torch.Tensor, group: Group, equal_sizes: bool) -> list[int]:
@@ -275,7 +277,10 @@ def all_gather_with_grad(x: torch.Tensor, *, group: Group = None, equal_sizes: b
     _check_gatherable("x", x)
     if not _active(group):
         return x
-    return _AllGatherWithGrad.apply(x, _sizes(x, group, equal_sizes), group)
+    gathered: torch.Tensor = _AllGatherWithGrad.apply(  # type: ignore[no-untyped-call]  # Function.apply is unannotated in torch
+        x, _sizes(x, group, equal_sizes), group
+    )
+    return gathered
 
 
 def gather_candidates(
@@ -313,7 +318,9 @@ def gather_candidates(
     if not _active(group):
         return embeddings, labels, 0
     sizes = _sizes(embeddings, group, equal_sizes)
-    all_embeddings = _AllGatherWithGrad.apply(embeddings, sizes, group)
+    all_embeddings: torch.Tensor = _AllGatherWithGrad.apply(  # type: ignore[no-untyped-call]  # Function.apply is unannotated in torch
+        embeddings, sizes, group
+    )
     all_labels = None
     if labels is not None:
         with torch.no_grad():
@@ -363,7 +370,8 @@ def global_sum(x: torch.Tensor | float, *, group: Group = None) -> torch.Tensor:
     if not _active(group):
         return t
     if t.requires_grad:
-        return _AllReduceSum.apply(t, group)
+        summed: torch.Tensor = _AllReduceSum.apply(t, group)  # type: ignore[no-untyped-call]  # Function.apply is unannotated in torch
+        return summed
     return _all_reduce_sum(t, group)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Union, overload
 
 import torch
 import torch.nn.functional as F
@@ -57,14 +57,22 @@ def _check_sequences(*named: tuple[str, Any]) -> list[torch.Tensor]:
     return [t.to(dtype) for _, t in named]
 
 
+@overload
+def _check_optional_sequence(name: str, value: None, ref_name: str, ref: torch.Tensor) -> None: ...
+
+
+@overload
+def _check_optional_sequence(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor) -> torch.Tensor: ...
+
+
 def _check_optional_sequence(name: str, value: Any, ref_name: str, ref: torch.Tensor) -> torch.Tensor | None:
     """An optional ``(B,)`` companion of ``ref`` (a per-pair margin, an NLL), in ``ref``'s dtype."""
     if value is None:
         return None
-    check_floating(name, value)
-    check_same_shape(name, value, ref_name, ref)
-    check_same_device((ref_name, ref), (name, value))
-    return value.to(ref.dtype)
+    tensor = check_floating(name, value)
+    check_same_shape(name, tensor, ref_name, ref)
+    check_same_device((ref_name, ref), (name, tensor))
+    return tensor.to(ref.dtype)
 
 
 def _check_reduction_args(reduction: str, normalizer: Normalizer) -> None:

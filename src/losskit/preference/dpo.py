@@ -401,6 +401,10 @@ class DPOLoss(_PreferenceLoss):
         (tensor(1.), tensor(0.1000))
     """
 
+    # registered only with a "bco_pair" term: the running reward mean and its update count
+    reward_baseline: torch.Tensor
+    num_baseline_updates: torch.Tensor
+
     def __init__(
         self,
         beta: float = 0.1,

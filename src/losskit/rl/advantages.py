@@ -42,7 +42,8 @@ def _grouped(rewards: Any, group_size: Any, min_group: int = 1) -> torch.Tensor:
             f"rewards has shape {shape_str(rewards.shape)}: the batch ({n}) must be a multiple of "
             f"group_size={group_size} (the completions of one prompt are consecutive rows)"
         )
-    return rewards.to(compute_dtype(rewards)).reshape(-1, group_size)
+    grouped: torch.Tensor = rewards.to(compute_dtype(rewards)).reshape(-1, group_size)
+    return grouped
 
 
 def _equal_groups(r: torch.Tensor) -> torch.Tensor:

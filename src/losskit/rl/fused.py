@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import nn
@@ -181,13 +181,17 @@ class LinearPolicyGradientLoss(nn.Module):
         n = m.numel()
         w = _token_weights(m, opts.loss_type, opts.max_len, normalizer, torch.float64).reshape(1, n)
         adv = advantages if advantages.dim() == 2 else advantages[:, None].expand(shape)
-        per_token = {
-            "old": None if old_logps is None else old_logps.detach().reshape(1, n),
-            "adv": adv.detach().reshape(1, n),
-            "ref": None if ref_logps is None else ref_logps.detach().reshape(1, n),
-        }
+        old_flat = None if old_logps is None else old_logps.detach().reshape(1, n)
+        adv_flat = adv.detach().reshape(1, n)
+        ref_flat = None if ref_logps is None else ref_logps.detach().reshape(1, n)
         mask_flat = m.reshape(1, n)
         kwargs = _option_kwargs(opts)
+
+        @overload
+        def cols(x: torch.Tensor, rows: Any) -> torch.Tensor: ...
+
+        @overload
+        def cols(x: None, rows: Any) -> None: ...
 
         def cols(x: torch.Tensor | None, rows: Any) -> torch.Tensor | None:
             if x is None:
@@ -197,10 +201,10 @@ class LinearPolicyGradientLoss(nn.Module):
         def row_loss(rows: Any, lp: torch.Tensor, ent: torch.Tensor | None) -> torch.Tensor:
             terms = token_parts(
                 lp[None],
-                cols(per_token["old"], rows),
-                cols(per_token["adv"], rows),
+                cols(old_flat, rows),
+                cols(adv_flat, rows),
                 cols(mask_flat, rows),
-                ref_logps=cols(per_token["ref"], rows),
+                ref_logps=cols(ref_flat, rows),
                 entropy=None if ent is None else ent[None],
                 **kwargs,
             ).terms
@@ -214,7 +218,10 @@ class LinearPolicyGradientLoss(nn.Module):
             chunk = auto_chunk_size(n, vocab, 2 if opts.entropy_coef else 1, _CHUNK_BYTES)
         plan = _plan(m.reshape(-1), n, vocab, 1, chunk, hidden.device)
         options = (1.0 / self.temperature, self.ignore_index, True)
-        loss, logps, ent = TokenLocalLinearLoss.apply(h2, weight, bias, masked_t, plan, options, row_loss)
+        out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = TokenLocalLinearLoss.apply(  # type: ignore[no-untyped-call]  # Function.apply is unannotated in torch
+            h2, weight, bias, masked_t, plan, options, row_loss
+        )
+        loss, logps, ent = out
         return loss, logps.reshape(shape), ent.reshape(shape)
 
     def extra_repr(self) -> str:

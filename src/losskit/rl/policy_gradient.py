@@ -156,32 +156,32 @@ def _check_options(
 
 
 def _check_token_tensor(name: str, value: Any, ref: torch.Tensor | None) -> torch.Tensor:
-    check_floating(name, value)
+    tensor = check_floating(name, value)
     if ref is None:
-        check_ndim(name, value, 2, "2-D (B, T): one value per token")
+        check_ndim(name, tensor, 2, "2-D (B, T): one value per token")
     else:
-        check_same_shape(name, value, "logps", ref)
-    return value
+        check_same_shape(name, tensor, "logps", ref)
+    return tensor
 
 
 def _check_mask(mask: Any, logps: torch.Tensor) -> torch.Tensor:
     if mask is None:
         return torch.ones(logps.shape, dtype=torch.bool, device=logps.device)
-    check_tensor("mask", mask)
-    if mask.is_complex():
-        raise LossTypeError(f"mask must be a bool (or 0/1) tensor, got dtype {mask.dtype}")
-    check_same_shape("mask", mask, "logps", logps)
-    return mask if mask.dtype == torch.bool else mask != 0
+    tensor = check_tensor("mask", mask)
+    if tensor.is_complex():
+        raise LossTypeError(f"mask must be a bool (or 0/1) tensor, got dtype {tensor.dtype}")
+    check_same_shape("mask", tensor, "logps", logps)
+    return tensor if tensor.dtype == torch.bool else tensor != 0
 
 
 def _check_advantages(advantages: Any, logps: torch.Tensor) -> torch.Tensor:
-    check_floating("advantages", advantages)
-    if advantages.dim() == 1 and advantages.shape[0] == logps.shape[0]:
-        return advantages[:, None]
-    if advantages.shape == logps.shape:
-        return advantages
+    adv = check_floating("advantages", advantages)
+    if adv.dim() == 1 and adv.shape[0] == logps.shape[0]:
+        return adv[:, None]
+    if adv.shape == logps.shape:
+        return adv
     raise LossValueError(
-        f"advantages has shape {shape_str(advantages.shape)}, expected ({logps.shape[0]},) (one per sequence) "
+        f"advantages has shape {shape_str(adv.shape)}, expected ({logps.shape[0]},) (one per sequence) "
         f"or {shape_str(logps.shape)} (one per token) to match logps"
     )
 
@@ -405,7 +405,7 @@ def _token_weights(
 ) -> torch.Tensor:
     valid = m.to(dtype)
     if loss_type in SEQUENCE_MEAN_TYPES:
-        denom: Any = normalizer if normalizer is not None else max(m.shape[0], 1)
+        denom: float | torch.Tensor = normalizer if normalizer is not None else max(m.shape[0], 1)
         per_seq = valid / valid.sum(1, keepdim=True).clamp_min(1.0)
         return per_seq / denom
     if loss_type == "dr_grpo":
