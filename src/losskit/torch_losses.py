@@ -450,7 +450,7 @@ class _PairwiseReduction(nn.Module):
     reduction: str
 
     def __init__(self, *, reduction: str = "mean") -> None:
-        super().__init__(reduction=check_reduction(reduction))  # type: ignore[call-arg]
+        super().__init__(reduction=check_reduction(reduction))
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return type(self)._fn(input, target, reduction=self.reduction)

@@ -188,7 +188,7 @@ def _contract_rows(
     h_c: torch.Tensor,
     weight: torch.Tensor,
     zhalf: torch.Tensor | None,
-    rows,
+    rows: Rows,
     grads: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
 ) -> None:
     """Contract the chunk's gradient w.r.t. its logits into the gradients ``grads = (gh, gw, gb)``.

@@ -18,6 +18,7 @@ and entropies (``None`` without entropies); autograd on those ``(C,)`` leaves yi
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -57,7 +58,12 @@ def _forward(
     entropy: bool,
     row_loss: RowLoss,
     need: tuple[bool, bool, bool],
-):
+) -> tuple[
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor | None,
+    tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
+]:
     n, hdim = hidden.shape
     v = weight.shape[0]
     cdt = compute_dtype(hidden.dtype)
@@ -129,8 +135,8 @@ class TokenLocalLinearLoss(torch.autograd.Function):
     log-probs / entropies it was computed from (not differentiable); see the module notes."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx,
+    def forward(
+        ctx: Any,
         hidden: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
@@ -152,6 +158,6 @@ class TokenLocalLinearLoss(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_total: torch.Tensor, *_: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad_total: torch.Tensor, *_: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         gh, gw, gb = release_forward_grads(ctx, grad_total, "token")
         return gh, gw, gb, None, None, None, None

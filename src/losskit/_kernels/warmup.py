@@ -44,6 +44,7 @@ WARMUP_LOSSES: dict[str, str] = {
 def _inputs(kind: str, numel: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
     """Example arguments of at least ``numel`` elements (logits first); values do not matter."""
     g = torch.Generator().manual_seed(0)
+    shape: tuple[int, ...]
     if kind == "segmentation":
         shape = (2, 4, max(1, math.ceil(numel / 512)), 64)
         x = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
@@ -64,10 +65,11 @@ def _inputs(kind: str, numel: int, dtype: torch.dtype, device: torch.device) -> 
 def _loss_fn(name: str) -> Callable[..., torch.Tensor]:
     from .. import functional  # the public face, imported on use (see the module docstring)
 
-    return getattr(functional, f"{name}_loss")
+    fn: Callable[..., torch.Tensor] = getattr(functional, f"{name}_loss")
+    return fn
 
 
-def _requests(losses: Iterable[str] | Mapping[str, Mapping[str, Any]] | None) -> list[tuple[str, dict]]:
+def _requests(losses: Iterable[str] | Mapping[str, Mapping[str, Any]] | None) -> list[tuple[str, dict[str, Any]]]:
     if losses is None:
         return [(name, {}) for name in WARMUP_LOSSES]
     if isinstance(losses, str):
