@@ -7,6 +7,7 @@ Private to :mod:`losskit.segmentation`; the conventions it implements are descri
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -276,7 +277,7 @@ def _stats(
     return tp, psum - tp, gsum - tp, count
 
 
-def _overlap_stats(input: torch.Tensor, target: torch.Tensor, **kwargs) -> tuple[torch.Tensor, ...]:
+def _overlap_stats(input: torch.Tensor, target: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, ...]:
     """Per-class soft ``(TP, FP, FN)``: :func:`_stats` without the position count."""
     tp, fp, fn, _ = _stats(input, target, **kwargs)
     return tp, fp, fn
@@ -308,7 +309,9 @@ def _smoothed_index(
     return (num + s_nr) / (den + s_dr).clamp_min(eps)
 
 
-def _class_weight(weight: torch.Tensor | None, include_background: bool, like: torch.Tensor):
+def _class_weight(
+    weight: torch.Tensor | None, include_background: bool, like: torch.Tensor
+) -> torch.Tensor | None:
     if weight is None:
         return None
     w = weight.to(device=like.device, dtype=like.dtype)
@@ -397,7 +400,7 @@ class _OverlapLoss(nn.Module):
         self.average = average
         self.register_buffer("weight", weight)
 
-    def _common(self, mask: torch.Tensor | None) -> dict:
+    def _common(self, mask: torch.Tensor | None) -> dict[str, Any]:
         return {
             "mode": self.mode,
             "from_logits": self.from_logits,

@@ -106,7 +106,7 @@ def _envelope(f: torch.Tensor, dim: int, h: float, far: float, stop: bool) -> to
         head.copy_(torch.minimum(head, f.narrow(dim, 0, n - s) + step))
         tail = out.narrow(dim, 0, n - s)
         tail.copy_(torch.minimum(tail, f.narrow(dim, s, n - s) + step))
-        if stop and s % _CHECK_EVERY == 0:
+        if reachable is not None and s % _CHECK_EVERY == 0:  # set exactly when stop
             largest = torch.where(reachable, out, out.new_zeros(())).amax()
             if ((s + 1) * h) ** 2 > float(largest):
                 break
@@ -158,7 +158,7 @@ def distance_transform(
     return torch.where(f < far, f, float("inf")).sqrt()
 
 
-def _capped_distance(mask: torch.Tensor, k: int, h: tuple[float, ...]) -> torch.Tensor:
+def _capped_distance(mask: torch.Tensor, k: int, h: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """``distance_transform`` of both ``mask`` and ``~mask`` in one call, capped at the diagonal."""
     both = torch.stack((mask, ~mask))
     diagonal = math.sqrt(sum((n * hd) ** 2 for n, hd in zip(mask.shape[-k:], h)))

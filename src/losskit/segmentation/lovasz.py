@@ -93,17 +93,16 @@ def _check_classes(classes: str | Sequence[int]) -> str | tuple[int, ...]:
                 f"classes must be 'present', 'all' or a list of class indices, got {classes!r}"
             )
         return classes
-    if isinstance(classes, torch.Tensor):
-        classes = classes.tolist()
-    if not isinstance(classes, Sequence) or not all(
-        isinstance(c, int) and not isinstance(c, bool) for c in classes
+    values: object = classes.tolist() if isinstance(classes, torch.Tensor) else classes
+    if not isinstance(values, Sequence) or not all(
+        isinstance(c, int) and not isinstance(c, bool) for c in values
     ):
         raise LossTypeError(
-            f"classes must be 'present', 'all' or a list of class indices, got {type(classes).__name__} {classes!r}"
+            f"classes must be 'present', 'all' or a list of class indices, got {type(values).__name__} {values!r}"
         )
-    if len(classes) == 0:
+    if len(values) == 0:
         raise LossValueError("classes must name at least one class, got an empty list")
-    return tuple(classes)
+    return tuple(values)
 
 
 def lovasz_hinge_loss(

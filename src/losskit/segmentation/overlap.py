@@ -85,6 +85,8 @@ the flag changes nothing.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .._checks import check_number, check_reduction
@@ -486,7 +488,7 @@ class DiceLoss(_OverlapLoss):
         tensor(0.5000)
     """
 
-    def __init__(self, *args, squared: bool = False, **kwargs) -> None:
+    def __init__(self, *args: Any, squared: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.squared = bool(squared)
 
@@ -519,7 +521,7 @@ class TverskyLoss(_OverlapLoss):
         tensor(0.)
     """
 
-    def __init__(self, mode: str = "multiclass", alpha: float = 0.5, beta: float = 0.5, **kwargs) -> None:
+    def __init__(self, mode: str = "multiclass", alpha: float = 0.5, beta: float = 0.5, **kwargs: Any) -> None:
         super().__init__(mode, **kwargs)
         self.alpha = float(check_number("alpha", alpha, low=0.0))
         self.beta = float(check_number("beta", beta, low=0.0))
@@ -548,7 +550,7 @@ class FocalTverskyLoss(_OverlapLoss):
         alpha: float = 0.3,
         beta: float = 0.7,
         gamma: float = 4.0 / 3.0,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(mode, **kwargs)
         self.alpha = float(check_number("alpha", alpha, low=0.0))

@@ -33,6 +33,8 @@ before the skeletons are taken), ``reduction='none'`` returning ``(N, C)`` (``(C
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -261,7 +263,7 @@ class ClDiceLoss(nn.Module):
         self.batch_dice = bool(batch_dice)
         self.ignore_index = ignore_index
 
-    def _options(self) -> dict:
+    def _options(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
             "from_logits": self.from_logits,
@@ -289,7 +291,7 @@ class DiceClDiceLoss(ClDiceLoss):
         torch.Size([])
     """
 
-    def __init__(self, *args, alpha: float = 0.5, **kwargs) -> None:
+    def __init__(self, *args: Any, alpha: float = 0.5, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         check_number("alpha", alpha, low=0.0, high=1.0)
         self.alpha = float(alpha)
