@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -208,8 +209,8 @@ def _as_quantiles(quantiles: float | Sequence[float] | torch.Tensor) -> tuple[fl
         values = tuple(float(q) for q in quantiles.reshape(-1).tolist())
     elif isinstance(quantiles, (int, float)) and not isinstance(quantiles, bool):
         values = (float(quantiles),)
-    else:
-        values = tuple(quantiles)
+    else:  # a sequence; a bool reaches tuple() too, which rejects it with a TypeError
+        values = tuple(cast("Sequence[float]", quantiles))
     if len(values) == 0:
         raise LossValueError("quantile must hold at least one value in (0, 1)")
     for q in values:
@@ -297,7 +298,7 @@ class HuberLoss(_RegressionLoss):
         super().__init__(reduction)
         self.delta = float(check_number("delta", delta, low=0.0, low_open=True))
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return huber_loss(input, target, self.delta, reduction=self.reduction, **kwargs)
 
     def extra_repr(self) -> str:
@@ -316,7 +317,7 @@ class SmoothL1Loss(_RegressionLoss):
         super().__init__(reduction)
         self.beta = float(check_number("beta", beta, low=0.0))
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return smooth_l1_loss(input, target, self.beta, reduction=self.reduction, **kwargs)
 
     def extra_repr(self) -> str:
@@ -331,7 +332,7 @@ class LogCoshLoss(_RegressionLoss):
         tensor(0.)
     """
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return log_cosh_loss(input, target, reduction=self.reduction, **kwargs)
 
 
@@ -347,7 +348,7 @@ class CharbonnierLoss(_RegressionLoss):
         super().__init__(reduction)
         self.eps = float(check_number("eps", eps, low=0.0, low_open=True))
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return charbonnier_loss(input, target, self.eps, reduction=self.reduction, **kwargs)
 
     def extra_repr(self) -> str:
@@ -369,7 +370,7 @@ class QuantileLoss(_RegressionLoss):
             qs[0] if isinstance(quantile, (int, float)) and not isinstance(quantile, bool) else list(qs)
         )
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return quantile_loss(input, target, self.quantile, reduction=self.reduction, **kwargs)
 
     def extra_repr(self) -> str:

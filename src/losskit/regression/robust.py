@@ -22,12 +22,13 @@ regression losses; half-precision inputs are computed in float32.
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Any, Union
 
 import torch
 from torch import nn
 
 from .._checks import LossValueError, can_read_values, check_floating, check_number
+from .._reduction import Normalizer
 from ..registry import register
 from .basic import _finish, _prepare, _RegressionLoss
 
@@ -117,7 +118,7 @@ def _robust(
     weight: torch.Tensor | None,
     mask: torch.Tensor | None,
     reduction: str,
-    normalizer,
+    normalizer: Normalizer,
 ) -> torch.Tensor:
     _check_alpha(alpha)
     _check_scale(scale)
@@ -153,7 +154,7 @@ def general_robust_loss(
     weight: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     reduction: str = "mean",
-    normalizer=None,
+    normalizer: Normalizer = None,
 ) -> torch.Tensor:
     r"""Barron's general robust loss :math:`\rho(x, \alpha, c)` (Barron, CVPR 2019).
 
@@ -189,7 +190,7 @@ def welsch_loss(
     weight: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     reduction: str = "mean",
-    normalizer=None,
+    normalizer: Normalizer = None,
 ) -> torch.Tensor:
     r"""Welsch (Leclerc) loss :math:`1 - \exp(-\tfrac12 (x/c)^2)` (Dennis & Welsch 1978), bounded by 1.
 
@@ -211,7 +212,7 @@ def cauchy_loss(
     weight: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     reduction: str = "mean",
-    normalizer=None,
+    normalizer: Normalizer = None,
 ) -> torch.Tensor:
     r"""Cauchy (Lorentzian) loss :math:`\log(1 + \tfrac12 (x/c)^2)`, which grows like ``log |x|``.
 
@@ -233,7 +234,7 @@ def geman_mcclure_loss(
     weight: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     reduction: str = "mean",
-    normalizer=None,
+    normalizer: Normalizer = None,
 ) -> torch.Tensor:
     r"""Geman-McClure loss :math:`2 (x/c)^2 / ((x/c)^2 + 4)` (Geman & McClure 1985), bounded by 2.
 
@@ -253,7 +254,7 @@ class _ScaledLoss(_RegressionLoss):
         super().__init__(reduction)
         self.scale = float(check_number("scale", scale, low=0.0, low_open=True))
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return type(self)._fn(input, target, self.scale, reduction=self.reduction, **kwargs)
 
     def extra_repr(self) -> str:
@@ -315,6 +316,10 @@ class GeneralRobustLoss(_RegressionLoss):
         1.0
     """
 
+    # buffers, registered only for tensor values that are not learned
+    alpha_value: torch.Tensor
+    scale_value: torch.Tensor
+
     def __init__(
         self,
         alpha: Scalar = 1.0,
@@ -367,7 +372,7 @@ class GeneralRobustLoss(_RegressionLoss):
             return self.log_scale.exp()
         return self.scale_value if hasattr(self, "scale_value") else self._scale_float
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return general_robust_loss(input, target, self.alpha, self.scale, reduction=self.reduction, **kwargs)
 
     def extra_repr(self) -> str:
