@@ -8,6 +8,8 @@ batch with the batch *and* the memory.
 
 from __future__ import annotations
 
+from typing import Protocol, cast
+
 import torch
 from torch import nn
 
@@ -15,6 +17,20 @@ from .._checks import LossTypeError, LossValueError, check_int, shape_str
 from ._common import _candidates, _check_embeddings_labels, _gathering
 
 __all__ = ["CrossBatchMemory"]
+
+
+class _CandidateLoss(Protocol):
+    """What the memory uses of its pair loss: the loss of checked anchors against a candidate set."""
+
+    def _candidate_loss(
+        self,
+        emb: torch.Tensor,
+        labels: torch.Tensor,
+        cand: torch.Tensor,
+        cand_labels: torch.Tensor,
+        offset: int | None,
+        gathered: bool,
+    ) -> torch.Tensor: ...
 
 
 class CrossBatchMemory(nn.Module):
@@ -100,7 +116,8 @@ class CrossBatchMemory(nn.Module):
         n = int(self.num_filled)
         cand = torch.cat([batch, self.embedding_memory[:n].to(batch.dtype)])
         cand_labels = torch.cat([batch_labels, self.label_memory[:n].to(batch_labels.dtype)])
-        loss = self.loss._candidate_loss(emb, labels, cand, cand_labels, offset, gathered)
+        pair_loss = cast(_CandidateLoss, self.loss)  # __init__ checked that it has _candidate_loss
+        loss = pair_loss._candidate_loss(emb, labels, cand, cand_labels, offset, gathered)
         if self.training:
             self.enqueue(batch.detach(), batch_labels)
         return loss

@@ -3,6 +3,8 @@ labelled batch."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -153,7 +155,7 @@ class CosineEmbeddingLoss(nn.Module):
         self.reduction = check_reduction(reduction)
 
     def forward(
-        self, input1: torch.Tensor, input2: torch.Tensor, target: torch.Tensor, **kwargs
+        self, input1: torch.Tensor, input2: torch.Tensor, target: torch.Tensor, **kwargs: Any
     ) -> torch.Tensor:
         return cosine_embedding_loss(input1, input2, target, self.margin, reduction=self.reduction, **kwargs)
 
@@ -239,7 +241,7 @@ class ContrastiveLoss(nn.Module):
         self.distance = check_choice("distance", distance, ("euclidean", "cosine"))
         self.reduction = check_reduction(reduction)
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return contrastive_loss(
             x1, x2, target, self.margin, self.distance, reduction=self.reduction, **kwargs
         )

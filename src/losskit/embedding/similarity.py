@@ -9,6 +9,9 @@ anchor's label is a positive.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,6 +35,8 @@ from ._common import (
 __all__ = ["CircleLoss", "MultiSimilarityLoss", "circle_loss", "multi_similarity_loss"]
 
 MS_DISTANCES = ("cosine", "euclidean", "squared_euclidean")
+# (anchors, anchor_labels, candidates, candidate_labels, offset, **config) -> (per-anchor loss, valid anchors)
+PairTerms = Callable[..., tuple[torch.Tensor, "torch.Tensor | None"]]
 
 
 def _cosine_matrix(anchors: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -158,8 +163,8 @@ def multi_similarity_loss(
 
 
 def _pair_loss(
-    terms,
-    config: dict,
+    terms: PairTerms,
+    config: dict[str, Any],
     embeddings: torch.Tensor,
     labels: torch.Tensor,
     ref_embeddings: torch.Tensor | None,
@@ -176,8 +181,8 @@ def _pair_loss(
 
 
 def _from_candidates(
-    terms,
-    config: dict,
+    terms: PairTerms,
+    config: dict[str, Any],
     emb: torch.Tensor,
     labels: torch.Tensor,
     cand: torch.Tensor,
@@ -199,11 +204,11 @@ def _from_candidates(
 class _PairLossModule(nn.Module):
     """Shared forward of the per-anchor pair-loss modules: ``loss_fn(embeddings, labels)``."""
 
-    _terms = staticmethod(_multi_similarity_terms)
+    _terms: ClassVar[PairTerms] = staticmethod(_multi_similarity_terms)
     reduction: str
     gather_distributed: bool
 
-    def _config(self) -> dict:
+    def _config(self) -> dict[str, Any]:
         raise NotImplementedError
 
     def forward(
@@ -280,7 +285,7 @@ class MultiSimilarityLoss(_PairLossModule):
         self.reduction = check_reduction(reduction)
         self.gather_distributed = bool(gather_distributed)
 
-    def _config(self) -> dict:
+    def _config(self) -> dict[str, Any]:
         return {
             "alpha": self.alpha,
             "beta": self.beta,
@@ -398,7 +403,7 @@ class CircleLoss(_PairLossModule):
         self.reduction = check_reduction(reduction)
         self.gather_distributed = bool(gather_distributed)
 
-    def _config(self) -> dict:
+    def _config(self) -> dict[str, Any]:
         return {"margin": self.margin, "gamma": self.gamma}
 
 

@@ -243,7 +243,7 @@ def triplet_loss(
     reference = _check_reference(emb, ref_embeddings, ref_labels)
     gathered = _gathering(gather_distributed)
     cand, cand_labels, offset = _candidate_set(emb, labels, reference, gathered)
-    config = {
+    config: dict[str, Any] = {
         "margin": float(margin),
         "mining": mining,
         "distance": distance,
