@@ -156,7 +156,7 @@ def test_scripts_use_the_repositorys_own_venv(script: str, has_venv: bool, tmp_p
     )
     _stub(fakebin / "python3", "python3", make_venv)
     _stub(fakebin / "venv-python", "venv-python", 'if [ "$1" = "-c" ]; then exit 1; fi  # no torch yet')
-    for tool in ("python", "pip", "losskit", "ruff", "pytest"):
+    for tool in ("python", "pip", "losskit", "ruff", "mypy", "pytest"):
         _stub(other / "bin" / tool, f"OTHER-{tool}")
     if script == "test.sh":  # the wheel check builds and installs for real: its own test is the CI run
         _stub(repo / "scripts" / "check_wheel.sh", "check_wheel")
@@ -184,11 +184,13 @@ def test_scripts_use_the_repositorys_own_venv(script: str, has_venv: bool, tmp_p
     last = lines[-1]
     if script == "lab.sh":
         assert last == "venv-python -m losskit lab --quick"
-    else:  # tests, then the strict docs build, then the wheel check
+    else:  # ruff, strict type check, tests, then the strict docs build, then the wheel check
         assert last.strip() == "check_wheel", lines
+        ruff_at = next(i for i, line in enumerate(lines) if line.startswith("venv-python -m ruff check"))
+        mypy_at = next(i for i, line in enumerate(lines) if line == "venv-python -m mypy src/losskit")
         pytest_at = next(i for i, line in enumerate(lines) if line.startswith("venv-python -m pytest"))
         docs_at = next(i for i, line in enumerate(lines) if line.startswith("venv-python -m mkdocs build --strict"))
-        assert pytest_at < docs_at < len(lines) - 1, lines
+        assert ruff_at < mypy_at < pytest_at < docs_at < len(lines) - 1, lines
 
 
 def test_scripts_are_bash_and_ignore_the_active_venv() -> None:

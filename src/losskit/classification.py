@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -770,7 +771,9 @@ def _sigmoid_focal_math(
     loss = F.binary_cross_entropy_with_logits(x, t, pos_weight=pos_weight, reduction="none")
     if gamma != 0.0:
         # 1 - p_t = t (1 - p) + (1 - t) p with 1 - p = sigmoid(-x): no cancellation near p = 0 or 1.
-        loss = loss * _pow_modulator(t * torch.sigmoid(-x) + (1.0 - t) * torch.sigmoid(x), gamma)
+        mod = _pow_modulator(t * torch.sigmoid(-x) + (1.0 - t) * torch.sigmoid(x), gamma)
+        assert mod is not None  # gamma != 0
+        loss = loss * mod
     if alpha >= 0:
         loss = loss * (alpha * t + (1.0 - alpha) * (1.0 - t))
     return loss
@@ -912,6 +915,7 @@ def _asymmetric_math(
     if clip > 0.0:
         # shifted probability p_m = max(p - clip, 0); log(1 - p_m) >= log(clip) is finite, no eps needed
         p_m = (torch.sigmoid(x) - clip).clamp_min(0.0)
+        assert q is not None  # formed when clip > 0
         neg = -torch.log((q + clip).clamp_max(1.0))
     else:
         p_m = torch.sigmoid(x)
@@ -1286,7 +1290,7 @@ class WeightedCrossEntropyLoss(CrossEntropyLoss):
         beta: float = 0.999,
         normalize: bool = True,
         reduction: str = "mean",
-        **kwargs,
+        **kwargs: Any,
     ) -> WeightedCrossEntropyLoss:
         """Weights from class indices (or counts) via :func:`class_weights`."""
         w = class_weights(

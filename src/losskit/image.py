@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -358,7 +359,7 @@ def total_variation_loss(
         per_pixel = torch.where(pos, torch.where(pos, sq, 1.0).sqrt(), sq)
         tv = per_pixel.flatten(1).sum(1)
     else:
-        tv = sum(x.diff(dim=a).abs().flatten(1).sum(1) for a in axes)
+        tv = torch.stack([x.diff(dim=a).abs().flatten(1).sum(1) for a in axes]).sum(0)
     if normalize:
         tv = tv / max(math.prod(x.shape[1:]), 1)
     w = None if weight is None else weight.to(tv.dtype)
@@ -371,10 +372,10 @@ def total_variation_loss(
 class _ImageLoss(nn.Module):
     """Stores the call's keyword options (checked at construction) and passes them to the functional."""
 
-    def __init__(self, reduction: str, **options: object) -> None:
+    def __init__(self, reduction: str, **options: Any) -> None:
         super().__init__()
         self.reduction = check_reduction(reduction)
-        self.options = options
+        self.options: dict[str, Any] = options
 
     def extra_repr(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())

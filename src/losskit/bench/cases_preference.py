@@ -28,14 +28,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .cases import Case, Shape, Variant, register_case
+from .cases import Case, Inputs, Shape, Variant, register_case
 
 __all__ = ["make_dpo", "make_dpo_reference_model", "make_log_probs"]
 
 _BETA = 0.1
 
 
-def make_log_probs(shape: Shape, dtype: torch.dtype, seed: int):
+def make_log_probs(shape: Shape, dtype: torch.dtype, seed: int) -> Inputs:
     """``(hidden (N, H), weight (V, H), target (N,), upstream (N,))``."""
     n, h, v = shape
     g = torch.Generator().manual_seed(seed)
@@ -49,11 +49,11 @@ def make_log_probs(shape: Shape, dtype: torch.dtype, seed: int):
 def _log_probs_variants() -> list[Variant]:
     from losskit.preference import linear_log_probs
 
-    def eager(h, w, t, u):
+    def eager(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         logp = torch.log_softmax((h @ w.T).float(), -1).gather(1, t.unsqueeze(1)).squeeze(1)
         return (logp * u).sum()
 
-    def native(h, w, t, u):
+    def native(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return -(F.cross_entropy(h @ w.T, t, reduction="none") * u).sum()
 
     return [
@@ -65,7 +65,7 @@ def _log_probs_variants() -> list[Variant]:
     ]
 
 
-def make_dpo(shape: Shape, dtype: torch.dtype, seed: int):
+def make_dpo(shape: Shape, dtype: torch.dtype, seed: int) -> Inputs:
     """``(chosen_hidden, rejected_hidden (P, T, H), weight (V, H), chosen_target, rejected_target (P, T),
     ref_chosen_logps, ref_rejected_logps (P,))``."""
     p, t, h, v = shape
@@ -88,7 +88,7 @@ def _dpo_variants() -> list[Variant]:
     fused = LinearDPOLoss(beta=_BETA)
     held = LinearDPOLoss(beta=_BETA, pair_bytes=2**30)  # both completions' logits held: six products
 
-    def eager(hw, hl, w, yw, yl, rw, rl):
+    def eager(hw: torch.Tensor, hl: torch.Tensor, w: torch.Tensor, yw: torch.Tensor, yl: torch.Tensor, rw: torch.Tensor, rl: torch.Tensor) -> torch.Tensor:
         p = hw.shape[0]
         logits = torch.cat([hw, hl]) @ w.T
         logp = torch.log_softmax(logits.float(), -1).gather(2, torch.cat([yw, yl]).unsqueeze(2)).squeeze(2)
@@ -115,7 +115,7 @@ def _dpo_variants() -> list[Variant]:
     ]
 
 
-def make_dpo_reference_model(shape: Shape, dtype: torch.dtype, seed: int):
+def make_dpo_reference_model(shape: Shape, dtype: torch.dtype, seed: int) -> Inputs:
     """``(chosen_hidden, rejected_hidden (P, T, H), weight (V, H), chosen_target, rejected_target (P, T),
     ref_chosen_hidden, ref_rejected_hidden (P, T, H), ref_weight (V, H))``: the reference model's last
     hidden states and head instead of its log-probs."""
@@ -135,7 +135,7 @@ def _dpo_reference_variants() -> list[Variant]:
 
     fused = LinearDPOLoss(beta=_BETA)
 
-    def eager(hw, hl, w, yw, yl, rhw, rhl, rw):
+    def eager(hw: torch.Tensor, hl: torch.Tensor, w: torch.Tensor, yw: torch.Tensor, yl: torch.Tensor, rhw: torch.Tensor, rhl: torch.Tensor, rw: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             ref_w, ref_l = _seq_logps(rhw, rw, yw), _seq_logps(rhl, rw, yl)
         margin = (_seq_logps(hw, w, yw) - ref_w) - (_seq_logps(hl, w, yl) - ref_l)

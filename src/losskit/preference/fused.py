@@ -188,9 +188,10 @@ class _LinearPreference(nn.Module):
                 compact,
                 hold_rejected,
             )[0]
-        return _kp.PairedLinearLoss.apply(
+        out: torch.Tensor = _kp.PairedLinearLoss.apply(  # type: ignore[no-untyped-call]  # Function.apply is unannotated in torch
             chosen_hidden, rejected_hidden, weight, bias, targets, pair_loss, groups, options
         )
+        return out
 
     def _pair_or_sequences(
         self,

@@ -46,7 +46,11 @@ _DICE_KEYS = (
 
 
 def _check_preset(
-    mode: str, dice_kw: dict, ignore_index: int | None, smooth_factor: float, weights: dict
+    mode: str,
+    dice_kw: dict[str, Any],
+    ignore_index: int | None,
+    smooth_factor: float,
+    weights: dict[str, float],
 ) -> None:
     _check_options(
         mode,
@@ -135,7 +139,7 @@ def _terms(
     ignore_index: int | None,
     smooth_factor: float,
     mask: torch.Tensor | None,
-    dice_kw: dict,
+    dice_kw: dict[str, Any],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _check_weight(weight)
     dice = dice_loss(
@@ -289,6 +293,7 @@ class _CompoundLoss(nn.Module):
     """Options of the two presets; ``weight`` is a buffer, the last terms are in :attr:`last_terms`."""
 
     weight: torch.Tensor | None
+    dice_weight: float
     _second = "ce"
 
     def __init__(
@@ -298,7 +303,7 @@ class _CompoundLoss(nn.Module):
         weight: torch.Tensor | Sequence[float] | None,
         ignore_index: int | None,
         smooth_factor: float,
-        dice_kw: dict,
+        dice_kw: dict[str, Any],
     ) -> None:
         super().__init__()
         _check_preset(mode, dice_kw, ignore_index, smooth_factor, term_weights)
@@ -323,6 +328,8 @@ class _CompoundLoss(nn.Module):
 
 
 class DiceCELoss(_CompoundLoss):
+    ce_weight: float
+
     """Module form of :func:`dice_ce_loss`; :attr:`last_terms` holds ``{'dice': ..., 'ce': ...}``.
 
     Dice options (``include_background``, ``batch_dice``, ``smooth_nr``, ...) are keyword arguments.
@@ -377,6 +384,8 @@ class DiceCELoss(_CompoundLoss):
 
 
 class DiceFocalLoss(_CompoundLoss):
+    focal_weight: float
+
     """Module form of :func:`dice_focal_loss`; :attr:`last_terms` holds ``{'dice': ..., 'focal': ...}``.
 
     Example:
