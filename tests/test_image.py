@@ -557,3 +557,24 @@ def test_double_backward_through_the_filter_kernel():
     x, y = _images((1, 1, 6, 7), seed=25)
     fn = lambda a: LF.ssim_loss(a, y, win_size=3)  # noqa: E731
     assert torch.autograd.gradgradcheck(fn, (x.clone().requires_grad_(),))
+
+
+@pytest.mark.parametrize("bands", [True, False], ids=["banded", "convolutions"])
+@pytest.mark.parametrize("shape", [(2, 3, 20, 19), (1, 2, 9, 8, 10), (1, 1, 140, 12)], ids=["2d", "3d", "long"])
+def test_filter_kernel_paths_equal_the_plain_filter(shape, bands, monkeypatch):
+    """Banded matrix products (short sides) and grouped convolutions (long sides) give the plain
+    filter's values and, through the adjoint, its gradients."""
+    import losskit._kernels.gaussian as gauss
+
+    monkeypatch.setattr(gauss, "_BAND_MAX_SIDE", 10**6 if bands else 0)
+    g = torch.Generator().manual_seed(26)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    window = torch.tensor([0.1, 0.2, 0.4, 0.2, 0.1], dtype=torch.float64)
+    xr, xp = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got, want = gauss.separable_filter(xr, window), gauss.separable_filter_plain(xp, window)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    upstream = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    (gx,) = torch.autograd.grad(got, xr, upstream)
+    (gp,) = torch.autograd.grad(want, xp, upstream)
+    torch.testing.assert_close(gx, gp, rtol=1e-12, atol=1e-14)
+    assert gauss._use_bands(x) is bands

@@ -3,7 +3,8 @@
 ``separable_filter(x, window)`` filters every channel of ``(N, K, *spatial)`` (2 or 3 spatial dims)
 along each spatial axis with ``window`` and keeps only the positions where the window fits. It is
 linear in ``x``, so its backward needs only the window: the adjoint of a valid correlation is the full
-correlation with the flipped window, i.e. a transposed convolution with the window itself. The
+correlation with the flipped window, i.e. a transposed convolution with the window itself. Short axes
+(up to 128) run as products with banded matrices instead (the same sums; faster on CPU). The
 autograd function saves the window and no activation (plain ``conv2d`` saves each convolution's
 input: the stacked maps and the once-filtered intermediate). The backward is built from plain
 convolutions, so double backward works.
@@ -46,16 +47,55 @@ def _adjoint(g: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
     return g
 
 
+# up to this side length the filter runs as banded matrix products (``x @ B`` along the last axis,
+# ``B.T @ x`` along the others): within SSIM at 16x4x128x128 forward+backward took 50 ms against 82 ms
+# with grouped convolutions (CPU, 2 threads); their cost grows with the side (``side`` multiply-adds
+# per output instead of the window's length: at 192 the convolutions were already faster), so longer
+# axes use the convolutions
+_BAND_MAX_SIDE = 128
+
+
+def _band(window: torch.Tensor, n: int) -> torch.Tensor:
+    """``(n, n - K + 1)`` matrix ``B`` with ``B[i + k, i] = window[k]``: ``x @ B`` is the valid correlation."""
+    k = window.numel()
+    m = n - k + 1
+    idx = torch.arange(m, device=window.device)
+    band = window.new_zeros(n, m)
+    for j in range(k):
+        band[idx + j, idx] = window[j]
+    return band
+
+
+def _banded(x: torch.Tensor, window: torch.Tensor, adjoint: bool) -> torch.Tensor:
+    """The filter (or, with ``adjoint``, its transpose) of ``(N, K, *spatial)`` as matrix products;
+    ``spatial`` are the output sides for the adjoint."""
+    grow = window.numel() - 1 if adjoint else 0
+    bands = [_band(window, n + grow) for n in x.shape[2:]]
+    if adjoint:
+        bands = [b.t() for b in bands]
+    x = x @ bands[-1]
+    x = bands[-2].t() @ x
+    if x.dim() == 5:
+        n, c, d, h, w = x.shape
+        x = (bands[0].t() @ x.reshape(n, c, d, h * w)).reshape(n, c, -1, h, w)
+    return x
+
+
+def _use_bands(x: torch.Tensor) -> bool:
+    return max(x.shape[2:]) <= _BAND_MAX_SIDE
+
+
 class _SeparableFilter(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(window)
-        return separable_filter_plain(x, window)
+        ctx.bands = _use_bands(x)
+        return _banded(x, window, False) if ctx.bands else separable_filter_plain(x, window)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (window,) = ctx.saved_tensors
-        return _adjoint(grad, window), None
+        return (_banded(grad, window, True) if ctx.bands else _adjoint(grad, window)), None
 
 
 def separable_filter(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
